@@ -1,0 +1,4 @@
+from bionas.cli import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""One thin click command per module; each parses options and calls library code."""

@@ -1,0 +1,1 @@
+"""bionas.ingest"""
