@@ -1,0 +1,259 @@
+"""Run an ingest plan (SPEC §4 steps 2-3): worker processes each write whole shards.
+
+Resume: after each shard is renamed into place, a small state record (its ShardInfo,
+the sha256 of its planned keys, its rejects) is written under `DATASET_DIR/.state/`.
+A rerun keeps every shard whose file still hashes to its record and whose planned keys
+are unchanged, and redoes the rest, so the result is byte-identical to one clean run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import multiprocessing as mp
+import os
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from tqdm import tqdm
+
+from bionas.ingest.images import ImageReject, ImageSpec, process_image
+from bionas.ingest.plan import BOX, FRAME, REJECT_SCHEMA
+from bionas.ingest.profiles import DatasetProfile
+from bionas.shards.format import encode_record
+from bionas.shards.writer import Sample, ShardInfo, file_sha256, write_shard
+
+log = logging.getLogger(__name__)
+STATE_DIR = ".state"
+
+_progress: Any = None  # a shared counter of processed images, set in each worker
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """Everything a worker needs to write one shard; picklable."""
+
+    split: str
+    index: int
+    path: Path
+    rows: pl.DataFrame
+    images_root: Path
+    spec: ImageSpec
+    compression: str
+    id_column: str
+    categorical: tuple[str, ...]
+    numeric: tuple[str, ...]
+
+    @property
+    def keys_sha256(self) -> str:
+        keys = "\n".join(self.rows[self.id_column].to_list())
+        return hashlib.sha256(keys.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    split: str
+    index: int
+    info: ShardInfo
+    keys_sha256: str
+    rejects: list[dict]
+
+    def to_json(self) -> dict:
+        return {
+            "split": self.split,
+            "index": self.index,
+            "info": self.info.to_json(),
+            "keys_sha256": self.keys_sha256,
+            "rejects": self.rejects,
+        }
+
+    @staticmethod
+    def from_json(body: dict) -> ShardResult:
+        return ShardResult(
+            body["split"], body["index"], ShardInfo(**body["info"]), body["keys_sha256"], body["rejects"]
+        )
+
+
+def make_record(row: dict, task: ShardTask) -> dict:
+    """The sample's JSON record: raw strings of categorical fields, numbers, provenance."""
+    record: dict[str, Any] = {"processid": row[task.id_column], "split": task.split}
+    for name in task.categorical:
+        record[name] = row.get(name)
+    for name in task.numeric:
+        record[name] = row.get(name)
+    if "official_split" in row:
+        record["official_split"] = row["official_split"]
+    box = [row.get(c) for c in BOX]
+    record["bbox"] = box if all(v is not None for v in box) else None
+    if "dna_barcode" in row:
+        record["dna_barcode"] = row["dna_barcode"]
+    return record
+
+
+def _frame(row: dict) -> tuple[int, int] | None:
+    w, h = (row.get(c) for c in FRAME)
+    return (int(w), int(h)) if w and h else None
+
+
+def image_path(root: Path, row: dict, task: ShardTask) -> Path:
+    split = row.get("official_split") or task.split
+    chunk = row.get("chunk")
+    sample_id = row[task.id_column]
+    return root / split / chunk / f"{sample_id}.jpg" if chunk else root / split / f"{sample_id}.jpg"
+
+
+def write_task(task: ShardTask) -> ShardResult:
+    """Process every image of one shard and write it; failures become rejects."""
+    samples, rejects = [], []
+    for row in task.rows.iter_rows(named=True):
+        key = row[task.id_column]
+        try:
+            data = image_path(task.images_root, row, task).read_bytes()
+            box = row.get("x0")
+            bbox = tuple(row[c] for c in BOX) if box is not None else None
+            jpg = process_image(data, bbox, task.spec, _frame(row))
+        except FileNotFoundError as exc:
+            rejects.append(_reject(key, task.split, "missing_file", f"{exc.filename}"))
+        except OSError as exc:
+            rejects.append(_reject(key, task.split, "unreadable_file", str(exc)))
+        except ImageReject as exc:
+            rejects.append(_reject(key, task.split, exc.reason, exc.detail))
+        else:
+            samples.append(Sample(key, jpg, encode_record(make_record(row, task))))
+        if _progress is not None:
+            with _progress.get_lock():
+                _progress.value += 1
+    info = write_shard(task.path, samples, task.compression)
+    return ShardResult(task.split, task.index, info, task.keys_sha256, rejects)
+
+
+def _reject(key: str, split: str, reason: str, detail: str) -> dict:
+    return {"processid": key, "split": split, "stage": "image", "reason": reason, "detail": detail}
+
+
+def _init_worker(counter: Any) -> None:
+    global _progress
+    _progress = counter
+
+
+def state_path(out: Path, task: ShardTask) -> Path:
+    return out / STATE_DIR / task.split / f"{task.path.name}.json"
+
+
+def kept_result(out: Path, task: ShardTask) -> ShardResult | None:
+    """The recorded result of a shard from an earlier run, if the file still matches it."""
+    path = state_path(out, task)
+    if not path.exists() or not task.path.exists():
+        return None
+    try:
+        result = ShardResult.from_json(json.loads(path.read_text()))
+    except (ValueError, KeyError, TypeError):
+        return None
+    if result.keys_sha256 != task.keys_sha256 or result.info.bytes != task.path.stat().st_size:
+        return None
+    return result if file_sha256(task.path) == result.info.sha256 else None
+
+
+def save_state(out: Path, task: ShardTask, result: ShardResult) -> None:
+    path = state_path(out, task)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(result.to_json(), sort_keys=True))
+    os.replace(tmp, path)
+
+
+@dataclass(frozen=True)
+class ExecuteResult:
+    results: list[ShardResult]  # sorted by (split, index)
+    processed: int  # images processed in this run (not kept from an earlier one)
+    kept_shards: int
+    seconds: float
+
+
+def execute(tasks: list[ShardTask], out: Path, workers: int, progress: bool = True) -> ExecuteResult:
+    """Write every shard not already done; return all shard results in plan order."""
+    start = time.perf_counter()
+    done: dict[tuple[str, int], ShardResult] = {}
+    todo = []
+    for task in tasks:
+        kept = kept_result(out, task)
+        if kept is not None:
+            done[(task.split, task.index)] = kept
+        else:
+            todo.append(task)
+    total = sum(t.rows.height for t in tasks)
+    initial = total - sum(t.rows.height for t in todo)
+    bar = tqdm(total=total, initial=initial, unit="img", desc="ingest", disable=not progress,
+               dynamic_ncols=True, smoothing=0.1)
+    counter = mp.get_context("spawn").Value("q", 0)
+    if workers <= 1:
+        _run_inline(todo, out, counter, bar, done)
+    else:
+        _run_pool(todo, out, counter, bar, done, workers)
+    bar.close()
+    results = [done[k] for k in sorted(done)]
+    return ExecuteResult(results, int(counter.value), len(tasks) - len(todo),
+                         time.perf_counter() - start)
+
+
+def _run_inline(todo, out, counter, bar, done) -> None:
+    _init_worker(counter)
+    try:
+        for task in todo:
+            before = counter.value
+            result = write_task(task)
+            save_state(out, task, result)
+            done[(task.split, task.index)] = result
+            bar.update(counter.value - before)
+    finally:
+        _init_worker(None)
+
+
+def _run_pool(todo, out, counter, bar, done, workers) -> None:
+    # spawn, not fork: the parent holds Polars' thread pool, which fork can deadlock
+    context = mp.get_context("spawn")
+    seen = 0
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                             initargs=(counter,)) as pool:
+        pending = {pool.submit(write_task, task): task for task in todo}
+        while pending:
+            finished, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+            for future in finished:
+                task = pending.pop(future)
+                result = future.result()
+                save_state(out, task, result)
+                done[(task.split, task.index)] = result
+            now = counter.value
+            bar.update(now - seen)
+            seen = now
+
+
+def build_tasks(plan_groups, cfg, profile: DatasetProfile, shard_dir: Path) -> list[ShardTask]:
+    spec = ImageSpec(size=cfg.size, quality=cfg.quality, crop_margin=cfg.crop_margin)
+    tasks = []
+    for split, index, name, rows in plan_groups:
+        tasks.append(
+            ShardTask(
+                split=split,
+                index=index,
+                path=shard_dir / split / name,
+                rows=rows,
+                images_root=cfg.images,
+                spec=spec,
+                compression=cfg.compression,
+                id_column=profile.id_column,
+                categorical=profile.categorical,
+                numeric=profile.numeric,
+            )
+        )
+    return tasks
+
+
+def rejects_frame(results: list[ShardResult]) -> pl.DataFrame:
+    rows = [r for result in results for r in result.rejects]
+    return pl.DataFrame(rows, schema=REJECT_SCHEMA)

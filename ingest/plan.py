@@ -1,0 +1,258 @@
+"""The ingest plan (SPEC §4 step 1): one lazy Polars query, collected once.
+
+scan (only the needed columns) -> join bbox -> validate (reject reasons) -> split ->
+sample order -> shard assignment. The result says, for every row, either which shard
+it lands in or why it was rejected.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from bionas.errors import BionasError
+from bionas.ingest.config import IngestConfig
+from bionas.ingest.profiles import BBOX_COLUMNS, DatasetProfile
+from bionas.shards.format import shard_name
+
+log = logging.getLogger(__name__)
+
+BOX = ("x0", "y0", "x1", "y1")
+FRAME = ("width_original", "height_original")
+DEFAULT_FRAME = (1024.0, 768.0)
+SAFE_KEY_PATTERN = r"^[A-Za-z0-9_\-:+@=,]{1,90}$"  # shards.format.is_safe_key, vectorised
+REJECT_SCHEMA = {
+    "processid": pl.String,
+    "split": pl.String,
+    "stage": pl.String,
+    "reason": pl.String,
+    "detail": pl.String,
+}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Accepted samples (with split, order and shard) and plan-stage rejects."""
+
+    samples: pl.DataFrame
+    rejects: pl.DataFrame
+    shard_size: int
+    excluded: int  # rows valid but in a split not asked for (`--splits`)
+    clipped_bboxes: int
+
+    def shard_groups(self, compression: str) -> list[tuple[str, int, str, pl.DataFrame]]:
+        """(split, index, file name, rows) per shard, in split then index order."""
+        groups = []
+        for (split, index), rows in self.samples.group_by(
+            ["split", "shard"], maintain_order=True
+        ):
+            groups.append((split, int(index), shard_name(split, int(index), compression), rows))
+        return sorted(groups, key=lambda g: (g[0], g[1]))
+
+
+def read_header(path: Path, delimiter: str) -> list[str]:
+    """The first line of a delimited file; a clear error when it is not one."""
+    if not path.is_file():
+        raise BionasError(f"{path}: no such file")
+    with open(path, "rb") as handle:
+        head = handle.read(65536)
+    if b"\x00" in head:
+        raise BionasError(f"{path} is not a CSV/TSV text file (it contains binary data)")
+    try:
+        first = head.decode("utf-8").splitlines()[0] if head else ""
+    except UnicodeDecodeError as exc:
+        raise BionasError(f"{path} is not a UTF-8 CSV/TSV text file ({exc.reason})") from exc
+    header = next(csv.reader([first], delimiter=delimiter), [])
+    if len(header) < 2:
+        kind = "tab-separated" if delimiter == "\t" else "comma-separated"
+        raise BionasError(f"{path} is not a {kind} table with a header line (got {first[:80]!r})")
+    return header
+
+
+def require_columns(path: Path, header: list[str], needed: list[str]) -> None:
+    missing = [c for c in needed if c not in header]
+    if missing:
+        raise BionasError(
+            f"{path} lacks column(s) {', '.join(missing)} "
+            f"(it has: {', '.join(header[:30])}{' ...' if len(header) > 30 else ''})"
+        )
+
+
+def needed_columns(cfg: IngestConfig, profile: DatasetProfile) -> list[str]:
+    cols = [profile.id_column, *profile.categorical, *profile.numeric]
+    if profile.split_column:
+        cols.append(profile.split_column)
+    if profile.chunk_column:
+        cols.append(profile.chunk_column)
+    if cfg.with_barcode and profile.barcode_column:
+        cols.append(profile.barcode_column)
+    if cfg.target not in cols:
+        cols.append(cfg.target)
+    return list(dict.fromkeys(cols))
+
+
+def scan_metadata(cfg: IngestConfig, profile: DatasetProfile) -> pl.LazyFrame:
+    """Lazy scan of only the needed columns, all read as strings; numbers cast leniently."""
+    header = read_header(cfg.metadata, profile.delimiter)
+    columns = needed_columns(cfg, profile)
+    require_columns(cfg.metadata, header, columns)
+    lf = pl.scan_csv(cfg.metadata, separator=profile.delimiter, infer_schema=False)
+    lf = lf.select(columns)
+    if profile.split_column:
+        lf = lf.rename({profile.split_column: "official_split"})
+    if cfg.limit is not None:
+        lf = lf.head(cfg.limit)
+    lf = lf.with_row_index("row")
+    return lf.with_columns(
+        pl.col(c).str.strip_chars().cast(pl.Float64, strict=False) for c in profile.numeric
+    ).with_columns(
+        pl.col(c).str.strip_chars().replace("", None) for c in profile.categorical
+    )
+
+
+def scan_bbox(path: Path) -> pl.LazyFrame:
+    header = read_header(path, "\t")
+    require_columns(path, header, list(BBOX_COLUMNS[:7]))
+    lf = pl.scan_csv(path, separator="\t", infer_schema=False).select(BBOX_COLUMNS[:7])
+    return lf.with_columns(
+        pl.col(c).str.strip_chars().cast(pl.Float64, strict=False) for c in (*FRAME, *BOX)
+    ).unique(subset="processid", keep="first", maintain_order=True)
+
+
+def join_bbox(lf: pl.LazyFrame, bbox: pl.LazyFrame | None, id_column: str) -> pl.LazyFrame:
+    if bbox is None:
+        return lf.with_columns(pl.lit(None, pl.Float64).alias(c) for c in (*FRAME, *BOX))
+    return lf.join(bbox, left_on=id_column, right_on="processid", how="left")
+
+
+def clip_bbox(lf: pl.LazyFrame) -> pl.LazyFrame:
+    """Clip boxes to the frame; flag boxes that are degenerate or wholly outside."""
+    w = pl.col("width_original").fill_null(DEFAULT_FRAME[0])
+    h = pl.col("height_original").fill_null(DEFAULT_FRAME[1])
+    has_box = pl.all_horizontal(pl.col(c).is_not_null() for c in BOX)
+    clipped = {
+        "x0": pl.max_horizontal(pl.col("x0"), 0.0),
+        "y0": pl.max_horizontal(pl.col("y0"), 0.0),
+        "x1": pl.min_horizontal(pl.col("x1"), w),
+        "y1": pl.min_horizontal(pl.col("y1"), h),
+    }
+    was_clipped = pl.any_horizontal(clipped[c] != pl.col(c) for c in BOX)
+    degenerate = (pl.col("x1") <= pl.col("x0")) | (pl.col("y1") <= pl.col("y0"))
+    empty_after_clip = ((clipped["x1"] - clipped["x0"]) < 1) | ((clipped["y1"] - clipped["y0"]) < 1)
+    return lf.with_columns(
+        (has_box & (degenerate | empty_after_clip)).alias("_bad_bbox"),
+        (has_box & was_clipped & ~degenerate & ~empty_after_clip).alias("_clipped"),
+        pl.format("bbox ({}, {}, {}, {}) in a {}x{} frame", *BOX, w, h).alias("_bbox_text"),
+    ).with_columns(pl.when(has_box).then(expr).otherwise(None).alias(c) for c, expr in clipped.items())
+
+
+def reject_reasons(lf: pl.LazyFrame, cfg: IngestConfig, profile: DatasetProfile) -> pl.LazyFrame:
+    """Add `reason`/`detail` (null for a good row); the first matching reason wins."""
+    pid = pl.col(profile.id_column)
+    unsafe = pid.is_null() | ~pid.str.contains(SAFE_KEY_PATTERN)
+    duplicate = pl.int_range(pl.len()).over(profile.id_column) > 0
+    target = pl.col(cfg.target)
+    empty_target = target.is_null()
+    bad_split = pl.col("_split").is_null()
+    rules = [
+        (unsafe, "unsafe_processid", pl.format("processid '{}' is not a safe file name", pid.fill_null(''))),
+        (duplicate, "duplicate_processid", pl.lit("processid already used by an earlier row")),
+        (empty_target, "empty_target", pl.lit(f"no {cfg.target} label")),
+        (bad_split, "missing_split", pl.format("split '{}' is not known", pl.col("_raw_split").fill_null(''))),
+        (pl.col("_bad_bbox"), "bad_bbox", pl.col("_bbox_text")),
+    ]
+    reason, detail = pl.when(rules[0][0]).then(pl.lit(rules[0][1])), pl.when(rules[0][0]).then(rules[0][2])
+    for cond, name, text in rules[1:]:
+        reason, detail = reason.when(cond).then(pl.lit(name)), detail.when(cond).then(text)
+    return lf.with_columns(reason.otherwise(None).alias("reason"), detail.otherwise(None).alias("detail"))
+
+
+def stable_unit_hash(values: pl.Series, salt: str) -> np.ndarray:
+    """A uniform number in [0, 1) per string, stable across machines and library versions.
+
+    64-bit FNV-1a over the salted UTF-8 bytes, then the splitmix64 finaliser, vectorised
+    over byte positions with numpy (Polars' own hash may change between versions).
+    """
+    raw = np.array([(salt + (v or "")).encode() for v in values.to_list()], dtype=bytes)
+    width = max(raw.dtype.itemsize, 1)
+    matrix = raw.view(np.uint8).reshape(len(raw), width) if len(raw) else np.zeros((0, width), np.uint8)
+    lengths = np.char.str_len(raw) if len(raw) else np.zeros(0, np.int64)
+    h = np.full(len(raw), 0xCBF29CE484222325, dtype=np.uint64)
+    prime = np.uint64(0x100000001B3)
+    with np.errstate(over="ignore"):
+        for j in range(width):
+            live = lengths > j
+            h = np.where(live, (h ^ matrix[:, j].astype(np.uint64)) * prime, h)
+        h ^= h >> np.uint64(30)
+        h *= np.uint64(0xBF58476D1CE4E5B9)
+        h ^= h >> np.uint64(27)
+        h *= np.uint64(0x94D049BB133111EB)
+        h ^= h >> np.uint64(31)
+    return (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def assign_split(df: pl.DataFrame, cfg: IngestConfig, profile: DatasetProfile) -> pl.DataFrame:
+    """`_split`: the official split column, or a seeded hash of the id into ratio buckets."""
+    if cfg.split_source == "official":
+        if not profile.split_column:
+            raise BionasError(f"profile {profile.name} has no split column: use --split-source random")
+        raw = pl.col("official_split").str.strip_chars()
+        return df.with_columns(
+            raw.alias("_raw_split"),
+            pl.when(raw.is_in(list(cfg.split_names))).then(raw).otherwise(None).alias("_split"),
+        )
+    u = stable_unit_hash(df[profile.id_column], salt=f"bionas-split:{cfg.seed}:")
+    edges = np.cumsum(cfg.split_ratios)[:-1]
+    names = np.array(cfg.split_names)
+    split = names[np.searchsorted(edges, u, side="right")]
+    return df.with_columns(
+        pl.Series("_split", split, dtype=pl.String), pl.lit("random").alias("_raw_split")
+    )
+
+
+def order_and_shard(accepted: pl.DataFrame, cfg: IngestConfig, id_column: str) -> pl.DataFrame:
+    """Seeded shuffled order within each split, then consecutive runs of `shard_size`."""
+    accepted = accepted.sort(["split", id_column])
+    rng = np.random.default_rng([cfg.seed, 0x5EED])
+    accepted = accepted.with_columns(pl.Series("_rand", rng.permutation(accepted.height)))
+    accepted = accepted.sort(["split", "_rand"]).drop("_rand")
+    size = cfg.resolved_shard_size()
+    return accepted.with_columns(
+        (pl.int_range(pl.len()).over("split") // size).cast(pl.Int64).alias("shard")
+    )
+
+
+def make_plan(cfg: IngestConfig, profile: DatasetProfile) -> Plan:
+    """Scan, join, validate, split, order and shard: one lazy query, collected once."""
+    bbox = scan_bbox(cfg.bbox) if cfg.bbox else None
+    lf = scan_metadata(cfg, profile).pipe(join_bbox, bbox, profile.id_column).pipe(clip_bbox)
+    try:
+        df = lf.collect()
+    except pl.exceptions.ComputeError as exc:
+        raise BionasError(f"cannot read {cfg.metadata} as a table: {exc}") from exc
+    df = assign_split(df, cfg, profile)
+    df = reject_reasons(df.lazy(), cfg, profile).collect()
+    rejects = df.filter(pl.col("reason").is_not_null()).select(
+        pl.col(profile.id_column).alias("processid"),
+        pl.col("_split").alias("split"),
+        pl.lit("plan").alias("stage"),
+        "reason",
+        "detail",
+    )
+    good = df.filter(pl.col("reason").is_null())
+    wanted = good["_split"].is_in(list(cfg.splits)) if cfg.splits else None
+    excluded = 0 if wanted is None else int((~wanted).sum())
+    if wanted is not None:
+        good = good.filter(wanted)
+    clipped = int(good["_clipped"].sum())
+    good = good.rename({"_split": "split"}).drop(
+        [c for c in ("_raw_split", "_bad_bbox", "_clipped", "_bbox_text", "reason", "detail") if c in good.columns]
+    )
+    samples = order_and_shard(good, cfg, profile.id_column)
+    log.info("plan: %d samples, %d rejects, %d excluded", samples.height, rejects.height, excluded)
+    return Plan(samples, rejects.cast(REJECT_SCHEMA), cfg.resolved_shard_size(), excluded, clipped)

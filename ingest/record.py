@@ -1,0 +1,118 @@
+"""Record what an ingest produced (SPEC §4 step 3): vocabularies, rejects, manifest body."""
+
+from __future__ import annotations
+
+import platform
+from collections import Counter
+from importlib import metadata
+from pathlib import Path
+
+import polars as pl
+
+from bionas import __version__
+from bionas.ingest.config import IngestConfig
+from bionas.ingest.execute import ShardResult
+from bionas.ingest.profiles import DatasetProfile
+from bionas.manifests.vocab import Vocab, build_vocab, vocab_filename
+from bionas.shards.writer import file_sha256
+
+VERSIONED = ("polars", "pillow-simd", "pillow", "webdataset", "zstandard", "numpy")
+
+
+def landed_samples(samples: pl.DataFrame, rejected: pl.DataFrame, id_column: str) -> pl.DataFrame:
+    """Planned samples minus those rejected while processing their image."""
+    if rejected.height == 0:
+        return samples
+    return samples.join(rejected.select(pl.col("processid").alias(id_column)), on=id_column, how="anti")
+
+
+def build_vocabularies(
+    landed: pl.DataFrame, cfg: IngestConfig, profile: DatasetProfile
+) -> dict[str, Vocab]:
+    """One vocabulary per categorical field, counted over every sample that landed."""
+    counted = tuple(sorted(landed["split"].unique().to_list()))
+    vocabs = {}
+    for field in profile.categorical:
+        counts = dict(landed[field].drop_nulls().value_counts().iter_rows())
+        is_target = field == cfg.target
+        vocabs[field] = build_vocab(
+            field,
+            counts,
+            role="target" if is_target else "feature",
+            min_count=cfg.min_class_count if is_target else 1,
+            counted_splits=counted,
+        )
+    return vocabs
+
+
+def class_counts(landed: pl.DataFrame, target: Vocab) -> dict[str, dict[str, int]]:
+    """Per split, samples per target class (after folding into Other)."""
+    out: dict[str, dict[str, int]] = {}
+    for (split,), group in landed.group_by(["split"], maintain_order=True):
+        counter: Counter[str] = Counter()
+        for value, n in group[target.field].value_counts().iter_rows():
+            counter[target.values[target.lookup(value)]] += n
+        out[split] = dict(sorted(counter.items(), key=lambda kv: (-kv[1], kv[0])))
+    return dict(sorted(out.items()))
+
+
+def input_entry(path: Path) -> dict:
+    return {"path": str(path), "bytes": path.stat().st_size, "sha256": file_sha256(path)}
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version(), "bionas": __version__}
+    for name in VERSIONED:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def splits_body(results: list[ShardResult]) -> dict:
+    splits: dict[str, dict] = {}
+    for result in results:
+        entry = splits.setdefault(result.split, {"samples": 0, "bytes": 0, "shards": []})
+        entry["samples"] += result.info.samples
+        entry["bytes"] += result.info.bytes
+        entry["shards"].append(result.info.to_json())
+    return dict(sorted(splits.items()))
+
+
+def reject_counts(rejects: pl.DataFrame) -> dict:
+    by_reason = dict(sorted(rejects["reason"].value_counts().iter_rows())) if rejects.height else {}
+    return {"total": rejects.height, "by_reason": by_reason}
+
+
+def manifest_body(
+    cfg: IngestConfig,
+    profile: DatasetProfile,
+    results: list[ShardResult],
+    vocabs: dict[str, Vocab],
+    counts: dict[str, dict[str, int]],
+    rejects: pl.DataFrame,
+    extra: dict,
+) -> dict:
+    inputs = {"metadata": input_entry(cfg.metadata)}
+    if cfg.bbox:
+        inputs["bbox"] = input_entry(cfg.bbox)
+    inputs["images"] = {"path": str(cfg.images)}
+    return {
+        "bionas_version": __version__,
+        "versions": library_versions(),
+        "profile": profile.name,
+        "inputs": inputs,
+        "options": cfg.recorded_options(),
+        "target": cfg.target,
+        "categorical_fields": list(profile.categorical),
+        "numeric_fields": list(profile.numeric),
+        "splits": splits_body(results),
+        "class_counts": counts,
+        "rejects": reject_counts(rejects),
+        "vocabs": {
+            f: {"file": f"manifests/{vocab_filename(f)}", "sha256": v.sha256, "size": len(v)}
+            for f, v in vocabs.items()
+        },
+        **extra,
+    }

@@ -1,0 +1,102 @@
+"""Genotypes: argmax derivation, cut edges, JSON round-trip, rendering."""
+
+import json
+
+import pytest
+import torch
+
+from bionas.trainer.genotype import Genotype, derive, render
+from bionas.trainer.ops import OP_NAMES
+
+K = len(OP_NAMES)
+
+
+def row(winner: str, top: float = 0.5) -> list[float]:
+    rest = (1.0 - top) / (K - 1)
+    return [top if n == winner else rest for n in OP_NAMES]
+
+
+def alphas_for(ops_per_cell: list[tuple[str, str, str]]) -> dict[str, list[float]]:
+    return {
+        f"cell{i}.{edge}": row(op)
+        for i, ops in enumerate(ops_per_cell)
+        for edge, op in zip(("e1", "e2a", "e2b"), ops, strict=True)
+    }
+
+
+@pytest.fixture
+def genotype() -> Genotype:
+    ops = [("dw_sep_3x3", "skip", "zero"), ("se", "max_pool_3x3", "dil_conv_5x5")]
+    return derive(alphas_for(ops), [False, True])
+
+
+def test_derive_takes_the_argmax_op_of_every_edge(genotype):
+    assert [[e.op for e in c.edges] for c in genotype.cells] == [
+        ["dw_sep_3x3", "skip", "zero"],
+        ["se", "max_pool_3x3", "dil_conv_5x5"],
+    ]
+    assert genotype.reduction_flags == (False, True)
+    assert genotype.cells[1].op("e2a") == "max_pool_3x3"
+    assert genotype.cells[0].edges[0].alphas == pytest.approx(tuple(row("dw_sep_3x3")))
+
+
+def test_derive_marks_an_edge_where_zero_won_as_cut(genotype):
+    cuts = [(c.index, e.edge) for c in genotype.cells for e in c.edges if e.cut]
+    assert cuts == [(0, "e2b")]
+
+
+def test_derive_accepts_tensors_and_breaks_ties_towards_the_first_op():
+    alphas = {f"cell0.{e}": torch.full((K,), 1.0 / K) for e in ("e1", "e2a", "e2b")}
+    cell = derive(alphas, [False]).cells[0]
+    assert [e.op for e in cell.edges] == [OP_NAMES[0]] * 3
+
+
+def test_derive_rejects_a_row_of_the_wrong_length():
+    alphas = {f"cell0.{e}": [0.5, 0.5] for e in ("e1", "e2a", "e2b")}
+    with pytest.raises(ValueError, match="cell0.e1"):
+        derive(alphas, [False])
+
+
+def test_json_round_trip_through_a_file(genotype, tmp_path):
+    path = tmp_path / "genotype.json"
+    genotype.save(path)
+    assert Genotype.load(path) == genotype
+    assert Genotype.from_json(genotype.to_json()) == genotype
+    data = json.loads(path.read_text())
+    assert data["cells"][0]["edges"]["e2b"]["op"] == "zero"
+    assert set(data["cells"][0]["edges"]["e1"]["alphas"]) == set(OP_NAMES)
+
+
+def test_a_hand_written_genotype_without_alphas_loads():
+    text = json.dumps(
+        {
+            "format": "bionas.genotype/1",
+            "cells": [
+                {
+                    "index": 0,
+                    "reduction": True,
+                    "edges": {"e1": {"op": "skip"}, "e2a": {"op": "se"}, "e2b": {"op": "zero"}},
+                }  # fmt: skip
+            ],
+        }
+    )
+    cell = Genotype.from_json(text).cells[0]
+    assert cell.reduction and cell.op("e2a") == "se" and cell.edges[2].cut
+    assert cell.edges[0].alphas[OP_NAMES.index("skip")] == 1.0
+
+
+def test_loading_a_genotype_with_an_unknown_op_names_cell_edge_and_op(tmp_path):
+    path = tmp_path / "bad.json"
+    edges = {"e1": {"op": "conv_7x7"}, "e2a": {"op": "se"}, "e2b": {"op": "skip"}}
+    cells = [{"index": 0, "reduction": False, "edges": edges}]
+    path.write_text(json.dumps({"format": "bionas.genotype/1", "cells": cells}))
+    with pytest.raises(ValueError, match=r"bad\.json.*cell 0 edge e1.*conv_7x7"):
+        Genotype.load(path)
+
+
+def test_render_shows_every_cell_edge_and_cut(genotype):
+    text = render(genotype)
+    assert "cell 0 (normal):" in text and "cell 1 (reduction):" in text
+    assert "x -> z1: dw_sep_3x3 [D3] (α=0.500)" in text
+    assert "z1 -> z2: edge cut (zero won" in text
+    assert text.count(" -> ") == 6

@@ -1,0 +1,83 @@
+"""The image encoder: stem, a stack of cells, global average pooling -> 256-d embedding.
+
+Stem: two 3x3 conv (stride 2) -> BN -> ReLU blocks, so a 224 px image enters the first
+cell at 56 px; the supernet evaluates nine ops on three edges per cell, and at 112 px that
+would not fit a 12 GB card at useful batch sizes.
+
+Reductions sit at cells // 3 and 2 * cells // 3 as in DARTS (5 cells: cells 1 and 3), so
+the default network sees 56 -> 28 -> 14 px with 16 -> 32 -> 64 channels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+from bionas.trainer.cell import FixedCell, SearchCell
+from bionas.trainer.genotype import Genotype
+
+
+def reduction_flags(cells: int) -> tuple[bool, ...]:
+    """DARTS' placement: reduction cells at cells // 3 and 2 * cells // 3."""
+    at = {cells // 3, 2 * cells // 3}
+    return tuple(i in at for i in range(cells))
+
+
+def stem(channels: int) -> nn.Sequential:
+    """Two 3x3 conv (stride 2) -> BN -> ReLU: 224 px -> 56 px."""
+    return nn.Sequential(
+        nn.Conv2d(3, channels, 3, stride=2, padding=1, bias=False),
+        nn.BatchNorm2d(channels),
+        nn.ReLU(),
+        nn.Conv2d(channels, channels, 3, stride=2, padding=1, bias=False),
+        nn.BatchNorm2d(channels),
+        nn.ReLU(),
+    )
+
+
+class ImageEncoder(nn.Module):
+    """Stem -> cells -> GAP -> Linear; a supernet, or a fixed net when given a genotype.
+
+    The architecture logits θ are not held here but by the model, which passes α and
+    the prune mask into `forward` (a fixed network takes neither).
+    """
+
+    def __init__(
+        self,
+        channels: int = 16,
+        cells: int = 5,
+        embed_dim: int = 256,
+        *,
+        dilated: str = "full",
+        genotype: Genotype | None = None,
+    ) -> None:
+        super().__init__()
+        self.searchable = genotype is None
+        flags = reduction_flags(cells) if genotype is None else genotype.reduction_flags
+        self.reduction_flags = flags
+        self.stem = stem(channels)
+        self.cells = nn.ModuleList()
+        C = channels
+        for i, reduction in enumerate(flags):
+            if genotype is None:
+                cell: nn.Module = SearchCell(C, reduction, dilated=dilated)
+            else:
+                cell = FixedCell(C, genotype.cells[i], dilated=dilated)
+            self.cells.append(cell)
+            C = cell.C_out
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.proj = nn.Linear(C, embed_dim)
+
+    def forward(
+        self,
+        images: Tensor,
+        alphas: Tensor | None = None,
+        active: Sequence[Sequence[Sequence[bool]]] | None = None,
+    ) -> Tensor:
+        """images: [B, 3, H, W]; alphas: [cells, 3, K] and active: the host-side mask
+        (supernet only). Returns [B, embed_dim]."""
+        x = self.stem(images)
+        for i, cell in enumerate(self.cells):
+            x = cell(x, alphas[i], active[i]) if self.searchable else cell(x)
+        return self.proj(self.pool(x).flatten(1))

@@ -1,0 +1,50 @@
+"""The metadata encoder: one embedding per categorical field, concatenated, MLP -> 256 (eq. 10)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class MetadataEncoder(nn.Module):
+    """X_meta = F_meta(Concat[E^(1)[m^(1)], ..., E^(F)[m^(F)]]) (eq. 10).
+
+    Index 0 of every field is "unknown"; `padding_idx` is deliberately not set, so the
+    unknown value learns an embedding like any other. With no fields the encoder has no
+    parameters and returns zeros (the model then leaves it out and uses the image only).
+    """
+
+    def __init__(
+        self,
+        cardinalities: tuple[tuple[str, int], ...],
+        embed_dim: int = 32,
+        out_dim: int = 256,
+    ) -> None:
+        super().__init__()
+        for field, vocab_size in cardinalities:
+            if vocab_size < 1:
+                raise ValueError(f"metadata field {field!r}: vocabulary size {vocab_size} < 1")
+        self.fields = tuple(field for field, _ in cardinalities)
+        self.out_dim = out_dim
+        # E^(f) in R^{V_f x d_f}
+        self.embeddings = nn.ModuleDict({f: nn.Embedding(v, embed_dim) for f, v in cardinalities})
+        self.mlp: nn.Module | None = None
+        if self.fields:
+            # F_meta: the two-layer feedforward network of eq. (10)
+            self.mlp = nn.Sequential(
+                nn.Linear(len(self.fields) * embed_dim, out_dim),
+                nn.ReLU(),
+                nn.Linear(out_dim, out_dim),
+            )
+
+    def forward(self, meta: Tensor) -> Tensor:
+        """meta: LongTensor [B, F], column f holds field f's index. Returns [B, out_dim]."""
+        if meta.dim() != 2 or meta.shape[1] != len(self.fields):
+            raise ValueError(
+                f"metadata tensor has shape {tuple(meta.shape)}, expected [B, {len(self.fields)}]"
+                f" for fields {self.fields}"
+            )
+        if self.mlp is None:
+            return meta.new_zeros(meta.shape[0], self.out_dim, dtype=torch.float32)
+        embedded = [self.embeddings[f](meta[:, i]) for i, f in enumerate(self.fields)]
+        return self.mlp(torch.cat(embedded, dim=1))
