@@ -88,7 +88,9 @@ def test_mixed_op_gradient_reaches_alpha():
 
 def cell_genotype(ops: tuple[str, str, str], reduction: bool) -> CellGenotype:
     one_hot = lambda op: tuple(float(n == op) for n in OP_NAMES)  # noqa: E731
-    edges = tuple(EdgeChoice(e, op, one_hot(op)) for e, op in zip(("e1", "e2a", "e2b"), ops))
+    edges = tuple(
+        EdgeChoice(e, op, one_hot(op)) for e, op in zip(("e1", "e2a", "e2b"), ops, strict=True)
+    )
     return CellGenotype(index=0, reduction=reduction, edges=edges)
 
 

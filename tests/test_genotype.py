@@ -100,3 +100,17 @@ def test_render_shows_every_cell_edge_and_cut(genotype):
     assert "x -> z1: dw_sep_3x3 [D3] (α=0.500)" in text
     assert "z1 -> z2: edge cut (zero won" in text
     assert text.count(" -> ") == 6
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"format": "something-else", "cells": []}',
+        '{"format": "bionas.genotype/1", "cells": []}',
+        '{"format": "bionas.genotype/1", "cells": [{"index": 0, "reduction": false}]}',
+        "not json",
+    ],
+)
+def test_malformed_genotype_text_raises_value_error(text):
+    with pytest.raises(ValueError):
+        Genotype.from_json(text)

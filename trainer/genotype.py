@@ -35,6 +35,8 @@ class EdgeChoice:
 
 @dataclass(frozen=True)
 class CellGenotype:
+    """One cell of a derived architecture: its position, kind, and the choice per edge."""
+
     index: int
     reduction: bool
     edges: tuple[EdgeChoice, ...]  # in EDGE_NAMES order
@@ -45,6 +47,8 @@ class CellGenotype:
 
 @dataclass(frozen=True)
 class Genotype:
+    """A derived (or hand-written) architecture: one `CellGenotype` per cell, in order."""
+
     cells: tuple[CellGenotype, ...]
 
     @property
@@ -71,7 +75,10 @@ class Genotype:
         data = json.loads(text)
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise ValueError(f"not a genotype: expected 'format': {FORMAT!r}")
-        cells = tuple(_cell_from_dict(i, c) for i, c in enumerate(data.get("cells", [])))
+        try:
+            cells = tuple(_cell_from_dict(i, c) for i, c in enumerate(data.get("cells", [])))
+        except (KeyError, TypeError, AttributeError) as err:
+            raise ValueError(f"malformed genotype cell: {err!r}") from err
         if not cells:
             raise ValueError("genotype has no cells")
         return cls(cells=cells)
@@ -83,7 +90,7 @@ class Genotype:
     def load(cls, path: str | Path) -> Genotype:
         try:
             return cls.from_json(Path(path).read_text(encoding="utf-8"))
-        except (ValueError, KeyError, TypeError) as err:
+        except ValueError as err:  # includes json.JSONDecodeError
             raise ValueError(f"{path}: {err}") from err
 
 

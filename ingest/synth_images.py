@@ -1,0 +1,379 @@
+"""Synthetic specimen photos: a microscope well and an insect whose look depends on its order.
+
+Every image is a pure function of (seed, row, order, bbox), so the output does not depend
+on how many worker processes draw them. Shapes are built in a local frame (head towards +x,
+length about 1), rotated, then stretched onto the bounding box the metadata promises.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+WIDTH, HEIGHT = 1024, 768
+JPEG_QUALITY = 90
+# How a file is written: "" = plain RGB JPEG; the rest are real-world variants or corruptions.
+FILE_VARIANTS = (
+    "",
+    "png_named_jpg",
+    "grayscale_jpeg",
+    "cmyk_jpeg",
+    "exif_orientation_6",
+    "truncated_jpeg",
+    "not_an_image",
+)
+NOT_AN_IMAGE_BYTES = b"<html><body><h1>404 Not Found</h1>image unavailable</body></html>\n"
+
+RGB = tuple[int, int, int]
+Shape = tuple[str, np.ndarray, tuple | None, tuple | None, float]  # kind, points, fill, line, width
+
+
+@dataclass(frozen=True)
+class Morph:
+    """How one order looks: body segments tail -> head as (x, half-length, half-width)."""
+
+    segments: tuple[tuple[float, float, float], ...]
+    colour: RGB
+    accent: RGB = (30, 25, 20)
+    wings: int = 0  # 0, 2 or 4
+    wing_len: float = 0.5
+    wing_width: float = 0.12
+    wing_angle: float = 30.0  # degrees between the wing and the body axis, pointing backwards
+    wing_rgba: tuple[int, int, int, int] = (235, 240, 245, 110)
+    wing_pattern: str = ""  # "veins" | "bands" | "spots"
+    leg_pairs: int = 3
+    leg_x: float = 0.1  # where the legs attach along the body
+    leg_len: float = 0.3
+    leg_width: float = 0.015
+    antenna: float = 0.15
+    texture: str = ""  # "stripes" | "shell" | "gloss" | "spots" | "rings" | "shield"
+    eyes: bool = False
+
+
+_CLEAR = (235, 238, 240, 95)
+MORPHS: dict[str, Morph] = {
+    "Diptera": Morph(((-0.2, 0.24, 0.09), (0.08, 0.13, 0.11), (0.27, 0.07, 0.09)), (45, 38, 32),
+                     (150, 40, 30), 2, 0.55, 0.14, 28, _CLEAR, "veins", 3, 0.08, 0.42, 0.012,
+                     0.07, "rings", True),
+    "Hymenoptera": Morph(((-0.26, 0.2, 0.1), (-0.02, 0.04, 0.025), (0.14, 0.13, 0.09),
+                          (0.33, 0.08, 0.085)), (190, 105, 35), (55, 30, 15), 4, 0.42, 0.09,
+                         20, (225, 215, 185, 100), "veins", 3, 0.14, 0.36, 0.013, 0.3,
+                         "stripes", True),
+    "Coleoptera": Morph(((-0.08, 0.36, 0.27), (0.3, 0.1, 0.16), (0.43, 0.06, 0.08)), (55, 45, 30),
+                        (20, 15, 10), 0, leg_pairs=3, leg_x=0.15, leg_len=0.2, leg_width=0.022,
+                        antenna=0.15, texture="shell"),
+    "Lepidoptera": Morph(((-0.15, 0.22, 0.06), (0.1, 0.1, 0.07), (0.24, 0.06, 0.06)),
+                         (115, 90, 65), (60, 40, 25), 4, 0.5, 0.34, 70, (175, 135, 85, 255),
+                         "bands", 3, 0.1, 0.15, 0.01, 0.25),
+    "Hemiptera": Morph(((-0.05, 0.32, 0.24), (0.32, 0.1, 0.09)), (95, 125, 55), (60, 40, 25),
+                       leg_x=0.1, leg_len=0.3, leg_width=0.016, antenna=0.3, texture="shield"),
+    "Araneae": Morph(((-0.2, 0.25, 0.2), (0.15, 0.15, 0.13)), (105, 72, 45), (60, 40, 25),
+                     leg_pairs=4, leg_x=0.15, leg_len=0.6, leg_width=0.03, antenna=0.06,
+                     texture="spots"),
+    "Trombidiformes": Morph(((0.0, 0.4, 0.32),), (200, 45, 30), (120, 20, 15), leg_pairs=4,
+                            leg_x=0.05, leg_len=0.22, leg_width=0.025, antenna=0.0,
+                            texture="gloss"),
+    "Mesostigmata": Morph(((0.0, 0.42, 0.3),), (150, 92, 40), (90, 50, 20), leg_pairs=4,
+                          leg_x=0.1, leg_len=0.3, leg_width=0.02, antenna=0.0, texture="gloss"),
+    "Sarcoptiformes": Morph(((0.0, 0.4, 0.33),), (55, 32, 20), (20, 10, 5), leg_pairs=4,
+                            leg_x=0.05, leg_len=0.18, leg_width=0.02, antenna=0.0,
+                            texture="gloss"),
+    "Entomobryomorpha": Morph(((-0.32, 0.1, 0.06), (-0.12, 0.12, 0.08), (0.1, 0.12, 0.085),
+                               (0.3, 0.09, 0.08)), (110, 110, 135), (50, 50, 70), leg_x=0.1,
+                              leg_len=0.15, antenna=0.35, texture="rings"),
+    "Poduromorpha": Morph(((-0.15, 0.3, 0.16), (0.2, 0.15, 0.13)), (70, 72, 115), (40, 40, 70),
+                          leg_len=0.12, antenna=0.1, texture="rings"),
+    "Symphypleona": Morph(((-0.05, 0.33, 0.3), (0.3, 0.12, 0.12)), (135, 100, 55), (70, 45, 20),
+                          leg_len=0.14, antenna=0.25, texture="spots"),
+    "Psocodea": Morph(((-0.12, 0.2, 0.12), (0.12, 0.1, 0.09), (0.28, 0.1, 0.11)), (175, 150, 110),
+                      (90, 70, 40), 2, 0.5, 0.16, 18, (205, 195, 165, 150), "veins",
+                      leg_len=0.25, antenna=0.45, eyes=True),
+    "Thysanoptera": Morph(((-0.15, 0.3, 0.05), (0.18, 0.08, 0.05), (0.3, 0.05, 0.045)),
+                          (38, 32, 30), (15, 10, 10), 2, 0.5, 0.035, 8, (80, 80, 80, 130),
+                          leg_len=0.1, leg_width=0.012, antenna=0.08, texture="rings"),
+    "Trichoptera": Morph(((-0.12, 0.25, 0.07), (0.14, 0.1, 0.07), (0.28, 0.06, 0.06)),
+                         (110, 85, 60), (70, 50, 30), 2, 0.62, 0.17, 12, (135, 105, 72, 235),
+                         "spots", leg_len=0.35, antenna=0.7),
+    "Orthoptera": Morph(((-0.15, 0.3, 0.1), (0.17, 0.12, 0.1), (0.32, 0.08, 0.09)),
+                        (120, 140, 60), (70, 85, 30), 2, 0.45, 0.08, 8, (120, 140, 70, 220),
+                        leg_x=0.05, leg_len=0.5, leg_width=0.035, antenna=0.6),
+    "Neuroptera": Morph(((-0.15, 0.25, 0.05), (0.12, 0.09, 0.06), (0.25, 0.05, 0.06)),
+                        (110, 170, 90), (40, 90, 40), 4, 0.6, 0.17, 22, (220, 245, 220, 80),
+                        "veins", leg_len=0.25, antenna=0.45, eyes=True),
+    "Odonata": Morph(((-0.2, 0.32, 0.035), (0.17, 0.07, 0.06), (0.27, 0.06, 0.07)),
+                     (40, 110, 170), (20, 40, 70), 4, 0.45, 0.07, 85, (225, 235, 240, 90),
+                     "veins", leg_len=0.15, antenna=0.03, texture="rings", eyes=True),
+    "Blattodea": Morph(((-0.05, 0.36, 0.2), (0.3, 0.08, 0.12)), (130, 80, 40), (70, 40, 20),
+                       leg_x=0.0, leg_len=0.3, leg_width=0.02, antenna=0.7, texture="gloss"),
+}
+
+
+def morph_for_order(order: str) -> Morph:
+    """The look of an order: a hand-made preset, or a stable one derived from its name."""
+    if order in MORPHS:
+        return MORPHS[order]
+    rng = np.random.default_rng(zlib.crc32(order.encode()))
+    n_seg = int(rng.integers(1, 4))
+    xs = np.linspace(-0.25, 0.3, n_seg) if n_seg > 1 else np.array([0.0])
+    segments = tuple(
+        (float(x), float(rng.uniform(0.08, 0.35 / n_seg + 0.1)), float(rng.uniform(0.05, 0.2)))
+        for x in xs
+    )
+    colour = tuple(int(c) for c in rng.integers(40, 200, 3))
+    wings = int(rng.choice([0, 2, 4]))
+    return Morph(
+        segments,
+        colour,  # type: ignore[arg-type]
+        tuple(int(c * 0.5) for c in colour),  # type: ignore[arg-type]
+        wings,
+        wing_len=float(rng.uniform(0.3, 0.6)),
+        wing_width=float(rng.uniform(0.05, 0.2)),
+        wing_angle=float(rng.uniform(10, 60)),
+        leg_pairs=int(rng.choice([3, 3, 4])),
+        leg_len=float(rng.uniform(0.1, 0.5)),
+        leg_width=float(rng.uniform(0.01, 0.03)),
+        antenna=float(rng.uniform(0.0, 0.5)),
+        texture=str(rng.choice(["", "stripes", "gloss", "spots", "rings"])),
+    )
+
+
+@dataclass(frozen=True)
+class ImageTask:
+    """One file to write: where, what to draw, and how to encode it (see FILE_VARIANTS)."""
+
+    path: str
+    seed: int
+    row: int
+    order: str  # the specimen's true order, drawn even when the CSV hides it
+    bbox: tuple[int, int, int, int]  # x0, y0, x1, y1 inside the frame
+    variant: str = ""
+
+
+def write_image(task: ImageTask) -> str:
+    """Draw and write one image file (the Pool worker); returns its path."""
+    image = render_specimen(task.seed, task.row, task.order, task.bbox)
+    Path(task.path).write_bytes(encode(image, task.variant))
+    return task.path
+
+
+def encode(image: Image.Image, variant: str = "") -> bytes:
+    """The file bytes for an RGB image written as `variant`."""
+    if variant == "not_an_image":
+        return NOT_AN_IMAGE_BYTES
+    buf = io.BytesIO()
+    if variant == "png_named_jpg":
+        image.save(buf, "PNG", compress_level=1)
+    elif variant == "grayscale_jpeg":
+        image.convert("L").save(buf, "JPEG", quality=JPEG_QUALITY)
+    elif variant == "cmyk_jpeg":
+        image.convert("CMYK").save(buf, "JPEG", quality=JPEG_QUALITY)
+    elif variant == "exif_orientation_6":
+        # Orientation 6 = "rotate 90 deg clockwise to display": store the photo turned
+        # counter-clockwise so that honouring the tag gives back the upright 1024x768 image.
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        turned = image.transpose(Image.Transpose.ROTATE_90)
+        turned.save(buf, "JPEG", quality=JPEG_QUALITY, exif=exif.tobytes())
+    elif variant in ("", "truncated_jpeg"):
+        image.save(buf, "JPEG", quality=JPEG_QUALITY)
+    else:
+        raise ValueError(f"unknown image variant {variant!r}")
+    data = buf.getvalue()
+    return data[: len(data) // 2] if variant == "truncated_jpeg" else data
+
+
+def render_specimen(
+    seed: int, row: int, order: str, bbox: tuple[int, int, int, int]
+) -> Image.Image:
+    """The 1024x768 RGB photo of row `row`: well background plus a specimen filling `bbox`."""
+    rng = np.random.default_rng([seed, row, 0x1A5E])
+    image = Image.fromarray(_background(rng))
+    draw = ImageDraw.Draw(image, "RGBA")
+    shapes = _place(_specimen(morph_for_order(order), rng), bbox, rng)
+    for kind, points, fill, line, width in shapes:
+        flat = points.ravel().tolist()
+        if kind == "poly":
+            draw.polygon(flat, fill=fill, outline=line)
+        else:
+            draw.line(flat, fill=line, width=max(1, round(width)), joint="curve")
+    # Soft focus on the specimen only: a blur of the whole frame would cost 10x more.
+    x0, y0, x1, y1 = bbox
+    box = (max(0, x0 - 8), max(0, y0 - 8), min(WIDTH, x1 + 8), min(HEIGHT, y1 + 8))
+    image.paste(image.crop(box).filter(ImageFilter.GaussianBlur(0.8)), box)
+    gx, gy = rng.integers(0, 256, 2)
+    grain = _grain()[gy : gy + HEIGHT, gx : gx + WIDTH, None]
+    return Image.fromarray(np.clip(np.asarray(image, np.int16) + grain, 0, 255).astype(np.uint8))
+
+
+_SHIFT = 64  # how far the well's centre may sit from the photo's centre, in pixels
+
+
+@functools.lru_cache(maxsize=1)
+def _radius_map() -> np.ndarray:
+    """Distance from the centre of a frame a little larger than the photo (cropped per image)."""
+    y, x = np.mgrid[0 : HEIGHT + 2 * _SHIFT, 0 : WIDTH + 2 * _SHIFT]
+    return np.hypot(x - WIDTH / 2 - _SHIFT, y - HEIGHT / 2 - _SHIFT).astype(np.uint16)
+
+
+@functools.lru_cache(maxsize=1)
+def _grain() -> np.ndarray:
+    """Fixed sensor noise; each image reads it through its own random window."""
+    return np.random.default_rng(0x6A1).integers(-5, 6, (HEIGHT + 256, WIDTH + 256), np.int16)
+
+
+def _background(rng: np.random.Generator) -> np.ndarray:
+    """A plastic well seen from above: grey-white floor, a bright rim, a soft vignette."""
+    radius, wall = rng.uniform(400, 520), rng.uniform(18, 40)
+    r = np.arange(int(np.hypot(WIDTH, HEIGHT)) + 2, dtype=np.float32)
+    inside = 210 + 12 * (1 - (r / radius) ** 2)  # brighter in the middle of the well
+    rim = 22 * np.exp(-(((r - radius) / wall) ** 2)) - 12 * np.exp(-(((r - radius + 2 * wall) / wall) ** 2))
+    outside = 200 - 0.06 * np.clip(r - radius, 0, None)  # vignette towards the corners
+    profile = np.where(r < radius, inside, outside) + rim
+    tint = np.array([0.985, 0.99, 1.0]) + rng.normal(0, 0.012, 3)  # cool grey to beige
+    lut = np.clip(profile[:, None] * tint[None, :], 0, 255).astype(np.uint8)
+    cx, cy = rng.integers(-_SHIFT, _SHIFT + 1, 2)
+    rmap = _radius_map()[_SHIFT - cy : _SHIFT - cy + HEIGHT, _SHIFT - cx : _SHIFT - cx + WIDTH]
+    return lut[rmap].astype(np.uint8)
+
+
+def _ellipse(cx: float, cy: float, rx: float, ry: float, angle: float = 0.0, n: int = 28):
+    t = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    x, y = rx * np.cos(t), ry * np.sin(t)
+    c, s = np.cos(angle), np.sin(angle)
+    return np.stack([cx + c * x - s * y, cy + s * x + c * y], axis=1)
+
+
+def _tone(colour: RGB, factor: float, alpha: int = 255) -> tuple[int, int, int, int]:
+    r, g, b = (int(np.clip(c * factor, 0, 255)) for c in colour)
+    return (r, g, b, alpha)
+
+
+def _specimen(m: Morph, rng: np.random.Generator) -> list[Shape]:
+    """The specimen's shapes in the local frame, back to front."""
+    colour: RGB = tuple(int(c) for c in np.clip(np.add(m.colour, rng.normal(0, 10, 3)), 0, 255))
+    dark = _tone(colour, 0.5)
+    shapes: list[Shape] = _legs(m, rng, dark)
+    wings = _wings(m, rng)
+    opaque = m.wing_rgba[3] >= 200
+    if opaque:
+        shapes += wings
+    for i, (x, hl, hw) in enumerate(m.segments):
+        jl, jw = rng.normal(1, 0.06, 2)
+        fill = _tone(colour, 0.85 + 0.1 * i + rng.normal(0, 0.04))
+        shapes.append(("poly", _ellipse(x, 0, hl * jl, hw * jw), fill, dark, 1))
+    if not opaque:
+        shapes += wings
+    shapes += _texture(m, rng, colour)
+    shapes += _head(m, rng, dark)
+    return shapes
+
+
+def _legs(m: Morph, rng: np.random.Generator, dark: tuple) -> list[Shape]:
+    shapes: list[Shape] = []
+    body_w = max(hw for _, _, hw in m.segments)
+    for i in range(m.leg_pairs):
+        t = i / (m.leg_pairs - 1) - 0.5 if m.leg_pairs > 1 else 0.0  # -0.5 hind .. +0.5 front
+        for side in (-1, 1):
+            phi = np.radians(95 - 100 * t + rng.normal(0, 8))  # front legs reach forwards
+            length = m.leg_len * rng.normal(1, 0.08) * (1.3 if t < 0 and m.leg_len > 0.4 else 1)
+            root = np.array([m.leg_x + 0.18 * t, side * body_w * 0.5])
+            knee = root + 0.45 * length * np.array([np.cos(phi), side * np.sin(phi)])
+            phi2 = phi + np.radians(30)
+            foot = knee + 0.55 * length * np.array([np.cos(phi2), side * np.sin(phi2)])
+            shapes.append(("line", np.stack([root, knee, foot]), None, dark, m.leg_width))
+    return shapes
+
+
+def _wings(m: Morph, rng: np.random.Generator) -> list[Shape]:
+    shapes: list[Shape] = []
+    line = (*(int(c * 0.6) for c in m.wing_rgba[:3]), min(255, m.wing_rgba[3] + 80))
+    root_x = m.leg_x + 0.08
+    for pair in range(m.wings // 2):
+        scale = 1.0 if pair == 0 else 0.75
+        for side in (-1, 1):
+            a = np.radians(m.wing_angle + 12 * pair + rng.normal(0, 5))
+            d = np.array([-np.cos(a), side * np.sin(a)])
+            length, width = m.wing_len * scale, m.wing_width * scale
+            c = np.array([root_x, 0.0]) + d * length / 2
+            angle = np.arctan2(d[1], d[0])
+            shapes.append(("poly", _ellipse(*c, length / 2, width / 2, angle), m.wing_rgba, line, 1))
+            if m.wing_pattern == "veins":
+                for off in (-0.25, 0.0, 0.3):
+                    tip = c + d * length * 0.4 + np.array([-d[1], d[0]]) * width * off
+                    shapes.append(("line", np.stack([[root_x, 0.0], tip]), None, line, 0.006))
+            elif m.wing_pattern == "bands":
+                band = c + d * length * 0.15
+                fill = _tone(m.accent, 1.0, 230)
+                shapes.append(("poly", _ellipse(*band, length * 0.08, width * 0.45, angle), fill, None, 1))
+                shapes.append(("poly", _ellipse(*(c + d * length * 0.3), width * 0.12, width * 0.12), fill, None, 1))
+            elif m.wing_pattern == "spots":
+                for k in range(3):
+                    p = c + d * length * (0.35 * k / 2 - 0.1) + np.array([-d[1], d[0]]) * width * rng.uniform(-0.25, 0.25)
+                    shapes.append(("poly", _ellipse(*p, width * 0.1, width * 0.1, n=10), _tone(m.accent, 1.0, 220), None, 1))
+    return shapes
+
+
+def _texture(m: Morph, rng: np.random.Generator, colour: RGB) -> list[Shape]:
+    x, hl, hw = m.segments[0]
+    accent = _tone(m.accent, 1.0, 220)
+    if m.texture == "stripes":
+        return [("line", np.array([[x + t * hl, -hw * 0.85], [x + t * hl, hw * 0.85]]), None, accent, hw * 0.3)
+                for t in (-0.45, 0.0, 0.45)]
+    if m.texture == "rings":
+        return [("line", np.array([[x + t * hl, -hw * 0.9], [x + t * hl + 0.02, 0], [x + t * hl, hw * 0.9]]), None, _tone(colour, 0.6), 0.008)
+                for t in (-0.6, -0.3, 0.0, 0.3, 0.6)]
+    if m.texture == "spots":
+        return [("poly", _ellipse(x + rng.uniform(-0.5, 0.5) * hl, rng.uniform(-0.5, 0.5) * hw, hw * 0.15, hw * 0.15, n=12), accent, None, 1)
+                for _ in range(4)]
+    if m.texture == "shield":
+        pts = np.array([[x - hl, 0], [x - hl * 0.1, -hw], [x + hl, -hw * 0.85], [x + hl, hw * 0.85], [x - hl * 0.1, hw]])
+        tri = np.array([[x + hl * 0.7, -hw * 0.45], [x + hl * 0.7, hw * 0.45], [x - hl * 0.3, 0]])
+        return [("poly", pts, _tone(colour, 1.0), _tone(colour, 0.5), 1), ("poly", tri, _tone(colour, 0.75), None, 1)]
+    shapes: list[Shape] = []
+    if m.texture == "shell":  # elytral suture of a beetle
+        shapes.append(("line", np.array([[x - hl, 0], [x + hl, 0]]), None, _tone(colour, 0.4), 0.01))
+    if m.texture in ("shell", "gloss"):
+        shapes.append(("poly", _ellipse(x + hl * 0.25, -hw * 0.4, hl * 0.35, hw * 0.18), (255, 255, 255, 110), None, 1))
+    return shapes
+
+
+def _head(m: Morph, rng: np.random.Generator, dark: tuple) -> list[Shape]:
+    x, hl, hw = m.segments[-1]
+    tip = x + hl * 0.8
+    shapes: list[Shape] = []
+    if m.antenna > 0:
+        for side in (-1, 1):
+            a = np.radians(25 + rng.normal(0, 6))
+            mid = np.array([tip + m.antenna * 0.5 * np.cos(a), side * (hw * 0.3 + m.antenna * 0.5 * np.sin(a))])
+            end = mid + m.antenna * 0.5 * np.array([np.cos(a * 1.6), side * np.sin(a * 1.6)])
+            shapes.append(("line", np.stack([[tip, side * hw * 0.3], mid, end]), None, dark, max(0.006, m.leg_width * 0.7)))
+    if m.eyes:
+        for side in (-1, 1):
+            shapes.append(("poly", _ellipse(x + hl * 0.2, side * hw * 0.6, hl * 0.55, hw * 0.45, n=16), _tone(m.accent, 1.0), None, 1))
+    return shapes
+
+
+def _place(shapes: list[Shape], bbox: tuple[int, int, int, int], rng: np.random.Generator):
+    """Rotate the specimen and stretch it so that its extent fills `bbox` (with a small margin)."""
+    x0, y0, x1, y1 = bbox
+    bw, bh = x1 - x0, y1 - y0
+    angle = np.radians((0 if bw >= bh else 90) + rng.normal(0, 15) + 180 * rng.integers(0, 2))
+    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    turned = [points @ rot.T for _, points, *_ in shapes]
+    allpts = np.concatenate(turned)
+    lo, hi = allpts.min(0), allpts.max(0)
+    sx, sy = 0.94 * bw / (hi[0] - lo[0]), 0.94 * bh / (hi[1] - lo[1])
+    sx, sy = min(sx, 1.6 * sy), min(sy, 1.6 * sx)  # cap the distortion; centre what is left
+    centre_in, centre_out = (lo + hi) / 2, np.array([(x0 + x1) / 2, (y0 + y1) / 2])
+    scale = np.array([sx, sy])
+    width_scale = float(np.sqrt(sx * sy))
+    return [
+        (kind, (pts - centre_in) * scale + centre_out, fill, line, width * width_scale)
+        for (kind, _, fill, line, width), pts in zip(shapes, turned, strict=True)
+    ]
