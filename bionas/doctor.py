@@ -39,13 +39,15 @@ def cuda_report() -> dict[str, object]:
     devices = []
     for i in range(torch.cuda.device_count()):
         props = torch.cuda.get_device_properties(i)
-        devices.append({
-            "index": i,
-            "name": props.name,
-            "memory_gb": round(props.total_memory / 2**30, 1),
-            "capability": f"{props.major}.{props.minor}",
-            "bf16": torch.cuda.is_bf16_supported(),
-        })
+        devices.append(
+            {
+                "index": i,
+                "name": props.name,
+                "memory_gb": round(props.total_memory / 2**30, 1),
+                "capability": f"{props.major}.{props.minor}",
+                "bf16": torch.cuda.is_bf16_supported(),
+            }
+        )
     return {"available": True, "cuda": torch.version.cuda, "devices": devices}
 
 

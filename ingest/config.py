@@ -29,6 +29,7 @@ class IngestConfig:
     out: Path
     bbox: Path | None = None
     profile: str = "bioscan-5m"
+    profile_file: Path | None = None  # a user's TOML profile, instead of a built-in one
     target: str = "order"
     min_class_count: int = 500
     split_source: str = "random"  # "official" (the split column) or "random" (seeded hash)
@@ -48,7 +49,9 @@ class IngestConfig:
         if self.split_source not in ("official", "random"):
             raise BionasError(f"--split-source must be official or random, not {self.split_source}")
         if self.split_source == "random":
-            if len(self.split_ratios) != len(RANDOM_SPLITS) or any(r < 0 for r in self.split_ratios):
+            if len(self.split_ratios) != len(RANDOM_SPLITS) or any(
+                r < 0 for r in self.split_ratios
+            ):
                 raise BionasError("--split-ratios takes three non-negative numbers: train,val,test")
             if abs(sum(self.split_ratios) - 1.0) > 1e-6:
                 raise BionasError(f"--split-ratios must sum to 1, not {sum(self.split_ratios):g}")
@@ -84,7 +87,7 @@ class IngestConfig:
     def recorded_options(self) -> dict:
         """The options that determine the output (not paths or worker count)."""
         body = asdict(self)
-        for key in ("metadata", "images", "out", "bbox", "workers"):
+        for key in ("metadata", "images", "out", "bbox", "workers", "profile_file"):
             body.pop(key)
         body["shard_size"] = self.resolved_shard_size()
         body["split_ratios"] = list(self.split_ratios)

@@ -23,8 +23,8 @@ import polars as pl
 from tqdm import tqdm
 
 from bionas.ingest.images import ImageReject, ImageSpec, process_image
-from bionas.ingest.plan import BOX, FRAME, REJECT_SCHEMA
-from bionas.ingest.profiles import DatasetProfile
+from bionas.ingest.plan import BOX, FRAME, PATH, REJECT_SCHEMA
+from bionas.ingest.profiles import ID, OFFICIAL_SPLIT, DatasetProfile
 from bionas.shards.format import encode_record
 from bionas.shards.writer import Sample, ShardInfo, file_sha256, write_shard
 
@@ -45,13 +45,12 @@ class ShardTask:
     images_root: Path
     spec: ImageSpec
     compression: str
-    id_column: str
     categorical: tuple[str, ...]
     numeric: tuple[str, ...]
 
     @property
     def keys_sha256(self) -> str:
-        keys = "\n".join(self.rows[self.id_column].to_list())
+        keys = "\n".join(self.rows[ID].to_list())
         return hashlib.sha256(keys.encode()).hexdigest()
 
 
@@ -75,19 +74,23 @@ class ShardResult:
     @staticmethod
     def from_json(body: dict) -> ShardResult:
         return ShardResult(
-            body["split"], body["index"], ShardInfo(**body["info"]), body["keys_sha256"], body["rejects"]
+            body["split"],
+            body["index"],
+            ShardInfo(**body["info"]),
+            body["keys_sha256"],
+            body["rejects"],
         )
 
 
 def make_record(row: dict, task: ShardTask) -> dict:
     """The sample's JSON record: raw strings of categorical fields, numbers, provenance."""
-    record: dict[str, Any] = {"processid": row[task.id_column], "split": task.split}
+    record: dict[str, Any] = {"processid": row[ID], "split": task.split}
     for name in task.categorical:
         record[name] = row.get(name)
     for name in task.numeric:
         record[name] = row.get(name)
-    if "official_split" in row:
-        record["official_split"] = row["official_split"]
+    if OFFICIAL_SPLIT in row:
+        record[OFFICIAL_SPLIT] = row[OFFICIAL_SPLIT]
     box = [row.get(c) for c in BOX]
     record["bbox"] = box if all(v is not None for v in box) else None
     if "dna_barcode" in row:
@@ -100,20 +103,13 @@ def _frame(row: dict) -> tuple[int, int] | None:
     return (int(w), int(h)) if w and h else None
 
 
-def image_path(root: Path, row: dict, task: ShardTask) -> Path:
-    split = row.get("official_split") or task.split
-    chunk = row.get("chunk")
-    sample_id = row[task.id_column]
-    return root / split / chunk / f"{sample_id}.jpg" if chunk else root / split / f"{sample_id}.jpg"
-
-
 def write_task(task: ShardTask) -> ShardResult:
     """Process every image of one shard and write it; failures become rejects."""
     samples, rejects = [], []
     for row in task.rows.iter_rows(named=True):
-        key = row[task.id_column]
+        key = row[ID]
         try:
-            data = image_path(task.images_root, row, task).read_bytes()
+            data = (task.images_root / row[PATH]).read_bytes()
             box = row.get("x0")
             bbox = tuple(row[c] for c in BOX) if box is not None else None
             jpg = process_image(data, bbox, task.spec, _frame(row))
@@ -175,7 +171,9 @@ class ExecuteResult:
     seconds: float
 
 
-def execute(tasks: list[ShardTask], out: Path, workers: int, progress: bool = True) -> ExecuteResult:
+def execute(
+    tasks: list[ShardTask], out: Path, workers: int, progress: bool = True
+) -> ExecuteResult:
     """Write every shard not already done; return all shard results in plan order."""
     start = time.perf_counter()
     done: dict[tuple[str, int], ShardResult] = {}
@@ -188,8 +186,15 @@ def execute(tasks: list[ShardTask], out: Path, workers: int, progress: bool = Tr
             todo.append(task)
     total = sum(t.rows.height for t in tasks)
     initial = total - sum(t.rows.height for t in todo)
-    bar = tqdm(total=total, initial=initial, unit="img", desc="ingest", disable=not progress,
-               dynamic_ncols=True, smoothing=0.1)
+    bar = tqdm(
+        total=total,
+        initial=initial,
+        unit="img",
+        desc="ingest",
+        disable=not progress,
+        dynamic_ncols=True,
+        smoothing=0.1,
+    )
     counter = mp.get_context("spawn").Value("q", 0)
     if workers <= 1:
         _run_inline(todo, out, counter, bar, done)
@@ -197,8 +202,9 @@ def execute(tasks: list[ShardTask], out: Path, workers: int, progress: bool = Tr
         _run_pool(todo, out, counter, bar, done, workers)
     bar.close()
     results = [done[k] for k in sorted(done)]
-    return ExecuteResult(results, int(counter.value), len(tasks) - len(todo),
-                         time.perf_counter() - start)
+    return ExecuteResult(
+        results, int(counter.value), len(tasks) - len(todo), time.perf_counter() - start
+    )
 
 
 def _run_inline(todo, out, counter, bar, done) -> None:
@@ -218,8 +224,9 @@ def _run_pool(todo, out, counter, bar, done, workers) -> None:
     # spawn, not fork: the parent holds Polars' thread pool, which fork can deadlock
     context = mp.get_context("spawn")
     seen = 0
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
-                             initargs=(counter,)) as pool:
+    with ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_init_worker, initargs=(counter,)
+    ) as pool:
         pending = {pool.submit(write_task, task): task for task in todo}
         while pending:
             finished, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
@@ -246,7 +253,6 @@ def build_tasks(plan_groups, cfg, profile: DatasetProfile, shard_dir: Path) -> l
                 images_root=cfg.images,
                 spec=spec,
                 compression=cfg.compression,
-                id_column=profile.id_column,
                 categorical=profile.categorical,
                 numeric=profile.numeric,
             )

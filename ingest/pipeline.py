@@ -13,7 +13,7 @@ from bionas.errors import BionasError
 from bionas.ingest.config import IngestConfig
 from bionas.ingest.execute import STATE_DIR, build_tasks, execute, rejects_frame
 from bionas.ingest.plan import make_plan
-from bionas.ingest.profiles import get_profile
+from bionas.ingest.profiles import resolve_profile
 from bionas.ingest.record import (
     build_vocabularies,
     class_counts,
@@ -45,7 +45,7 @@ class IngestSummary:
 
 
 def run_ingest(cfg: IngestConfig, progress: bool = True) -> IngestSummary:
-    profile = get_profile(cfg.profile)
+    profile = resolve_profile(cfg.profile, cfg.profile_file)
     if not cfg.images.is_dir():
         raise BionasError(f"--images {cfg.images}: no such folder")
     plan = make_plan(cfg, profile)
@@ -63,7 +63,7 @@ def run_ingest(cfg: IngestConfig, progress: bool = True) -> IngestSummary:
     image_rejects = rejects_frame(run.results)
     rejects = pl.concat([plan.rejects, image_rejects]).sort(["stage", "processid", "reason"])
     rejects.write_parquet(cfg.out / REJECTS_NAME)
-    landed = landed_samples(plan.samples, image_rejects, profile.id_column)
+    landed = landed_samples(plan.samples, image_rejects)
     vocabs = build_vocabularies(landed, cfg, profile)
     for vocab in vocabs.values():
         write_vocab(vocab, cfg.out / VOCAB_DIR)

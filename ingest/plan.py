@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import csv
 import logging
+import re
+import string
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +19,7 @@ import polars as pl
 
 from bionas.errors import BionasError
 from bionas.ingest.config import IngestConfig
-from bionas.ingest.profiles import BBOX_COLUMNS, DatasetProfile
+from bionas.ingest.profiles import BBOX_COLUMNS, ID, OFFICIAL_SPLIT, DatasetProfile
 from bionas.shards.format import shard_name
 
 log = logging.getLogger(__name__)
@@ -25,6 +27,7 @@ log = logging.getLogger(__name__)
 BOX = ("x0", "y0", "x1", "y1")
 FRAME = ("width_original", "height_original")
 DEFAULT_FRAME = (1024.0, 768.0)
+PATH = "_path"
 SAFE_KEY_PATTERN = r"^[A-Za-z0-9_\-:+@=,]{1,90}$"  # shards.format.is_safe_key, vectorised
 REJECT_SCHEMA = {
     "processid": pl.String,
@@ -48,9 +51,7 @@ class Plan:
     def shard_groups(self, compression: str) -> list[tuple[str, int, str, pl.DataFrame]]:
         """(split, index, file name, rows) per shard, in split then index order."""
         groups = []
-        for (split, index), rows in self.samples.group_by(
-            ["split", "shard"], maintain_order=True
-        ):
+        for (split, index), rows in self.samples.group_by(["split", "shard"], maintain_order=True):
             groups.append((split, int(index), shard_name(split, int(index), compression), rows))
         return sorted(groups, key=lambda g: (g[0], g[1]))
 
@@ -74,45 +75,48 @@ def read_header(path: Path, delimiter: str) -> list[str]:
     return header
 
 
-def require_columns(path: Path, header: list[str], needed: list[str]) -> None:
+def require_columns(
+    path: Path, header: list[str], needed: list[str], owner: str = "bionas"
+) -> None:
     missing = [c for c in needed if c not in header]
     if missing:
+        shown = ", ".join(header[:30]) + (" ..." if len(header) > 30 else "")
         raise BionasError(
-            f"{path} lacks column(s) {', '.join(missing)} "
-            f"(it has: {', '.join(header[:30])}{' ...' if len(header) > 30 else ''})"
+            f"{owner} needs column(s) {', '.join(missing)}, which {path} does not have "
+            f"(it has: {shown})"
         )
 
 
-def needed_columns(cfg: IngestConfig, profile: DatasetProfile) -> list[str]:
-    cols = [profile.id_column, *profile.categorical, *profile.numeric]
-    if profile.split_column:
-        cols.append(profile.split_column)
-    if profile.chunk_column:
-        cols.append(profile.chunk_column)
-    if cfg.with_barcode and profile.barcode_column:
-        cols.append(profile.barcode_column)
-    if cfg.target not in cols:
-        cols.append(cfg.target)
-    return list(dict.fromkeys(cols))
+def path_expression(template: str) -> pl.Expr:
+    """The image path from the template over raw columns; empty parts collapse."""
+    names = [name for _, name, _, _ in string.Formatter().parse(template) if name]
+    pattern = re.sub(r"\{[^}]*\}", "{}", template)
+    joined = pl.format(pattern, *(pl.col(n).fill_null("").str.strip_chars() for n in names))
+    return joined.str.replace_all("/{2,}", "/").str.strip_prefix("/").alias(PATH)
 
 
 def scan_metadata(cfg: IngestConfig, profile: DatasetProfile) -> pl.LazyFrame:
-    """Lazy scan of only the needed columns, all read as strings; numbers cast leniently."""
+    """Lazy scan of only the needed columns as strings, renamed to canonical names."""
+    if cfg.target not in profile.categorical:
+        raise BionasError(
+            f"--target {cfg.target} is not a field of profile {profile.name!r} "
+            f"(fields: {', '.join(profile.categorical)})"
+        )
     header = read_header(cfg.metadata, profile.delimiter)
-    columns = needed_columns(cfg, profile)
-    require_columns(cfg.metadata, header, columns)
-    lf = pl.scan_csv(cfg.metadata, separator=profile.delimiter, infer_schema=False)
-    lf = lf.select(columns)
-    if profile.split_column:
-        lf = lf.rename({profile.split_column: "official_split"})
+    columns = profile.raw_columns(with_barcode=cfg.with_barcode)
+    require_columns(
+        cfg.metadata, header, columns, owner=f"profile {profile.name!r} ({profile.source})"
+    )
+    lf = pl.scan_csv(cfg.metadata, separator=profile.delimiter, infer_schema=False).select(columns)
     if cfg.limit is not None:
         lf = lf.head(cfg.limit)
-    lf = lf.with_row_index("row")
+    kept = set(profile.raw_columns(with_barcode=cfg.with_barcode, with_path=False))
+    lf = lf.with_columns(path_expression(profile.image_path))
+    lf = lf.drop([c for c in profile.path_columns() if c not in kept])
+    lf = lf.rename(profile.rename_map()).with_row_index("row")
     return lf.with_columns(
         pl.col(c).str.strip_chars().cast(pl.Float64, strict=False) for c in profile.numeric
-    ).with_columns(
-        pl.col(c).str.strip_chars().replace("", None) for c in profile.categorical
-    )
+    ).with_columns(pl.col(c).str.strip_chars().replace("", None) for c in profile.categorical)
 
 
 def scan_bbox(path: Path) -> pl.LazyFrame:
@@ -124,10 +128,10 @@ def scan_bbox(path: Path) -> pl.LazyFrame:
     ).unique(subset="processid", keep="first", maintain_order=True)
 
 
-def join_bbox(lf: pl.LazyFrame, bbox: pl.LazyFrame | None, id_column: str) -> pl.LazyFrame:
+def join_bbox(lf: pl.LazyFrame, bbox: pl.LazyFrame | None) -> pl.LazyFrame:
     if bbox is None:
         return lf.with_columns(pl.lit(None, pl.Float64).alias(c) for c in (*FRAME, *BOX))
-    return lf.join(bbox, left_on=id_column, right_on="processid", how="left")
+    return lf.join(bbox.rename({"processid": ID}), on=ID, how="left")
 
 
 def clip_bbox(lf: pl.LazyFrame) -> pl.LazyFrame:
@@ -148,28 +152,43 @@ def clip_bbox(lf: pl.LazyFrame) -> pl.LazyFrame:
         (has_box & (degenerate | empty_after_clip)).alias("_bad_bbox"),
         (has_box & was_clipped & ~degenerate & ~empty_after_clip).alias("_clipped"),
         pl.format("bbox ({}, {}, {}, {}) in a {}x{} frame", *BOX, w, h).alias("_bbox_text"),
-    ).with_columns(pl.when(has_box).then(expr).otherwise(None).alias(c) for c, expr in clipped.items())
+    ).with_columns(
+        pl.when(has_box).then(expr).otherwise(None).alias(c) for c, expr in clipped.items()
+    )
 
 
 def reject_reasons(lf: pl.LazyFrame, cfg: IngestConfig, profile: DatasetProfile) -> pl.LazyFrame:
     """Add `reason`/`detail` (null for a good row); the first matching reason wins."""
-    pid = pl.col(profile.id_column)
+    pid = pl.col(ID)
     unsafe = pid.is_null() | ~pid.str.contains(SAFE_KEY_PATTERN)
-    duplicate = pl.int_range(pl.len()).over(profile.id_column) > 0
+    duplicate = pl.int_range(pl.len()).over(ID) > 0
     target = pl.col(cfg.target)
     empty_target = target.is_null()
     bad_split = pl.col("_split").is_null()
     rules = [
-        (unsafe, "unsafe_processid", pl.format("processid '{}' is not a safe file name", pid.fill_null(''))),
+        (
+            unsafe,
+            "unsafe_processid",
+            pl.format("processid '{}' is not a safe file name", pid.fill_null("")),
+        ),
         (duplicate, "duplicate_processid", pl.lit("processid already used by an earlier row")),
         (empty_target, "empty_target", pl.lit(f"no {cfg.target} label")),
-        (bad_split, "missing_split", pl.format("split '{}' is not known", pl.col("_raw_split").fill_null(''))),
+        (
+            bad_split,
+            "missing_split",
+            pl.format("split '{}' is not known", pl.col("_raw_split").fill_null("")),
+        ),
         (pl.col("_bad_bbox"), "bad_bbox", pl.col("_bbox_text")),
     ]
-    reason, detail = pl.when(rules[0][0]).then(pl.lit(rules[0][1])), pl.when(rules[0][0]).then(rules[0][2])
+    reason, detail = (
+        pl.when(rules[0][0]).then(pl.lit(rules[0][1])),
+        pl.when(rules[0][0]).then(rules[0][2]),
+    )
     for cond, name, text in rules[1:]:
         reason, detail = reason.when(cond).then(pl.lit(name)), detail.when(cond).then(text)
-    return lf.with_columns(reason.otherwise(None).alias("reason"), detail.otherwise(None).alias("detail"))
+    return lf.with_columns(
+        reason.otherwise(None).alias("reason"), detail.otherwise(None).alias("detail")
+    )
 
 
 def stable_unit_hash(values: pl.Series, salt: str) -> np.ndarray:
@@ -180,7 +199,9 @@ def stable_unit_hash(values: pl.Series, salt: str) -> np.ndarray:
     """
     raw = np.array([(salt + (v or "")).encode() for v in values.to_list()], dtype=bytes)
     width = max(raw.dtype.itemsize, 1)
-    matrix = raw.view(np.uint8).reshape(len(raw), width) if len(raw) else np.zeros((0, width), np.uint8)
+    matrix = (
+        raw.view(np.uint8).reshape(len(raw), width) if len(raw) else np.zeros((0, width), np.uint8)
+    )
     lengths = np.char.str_len(raw) if len(raw) else np.zeros(0, np.int64)
     h = np.full(len(raw), 0xCBF29CE484222325, dtype=np.uint64)
     prime = np.uint64(0x100000001B3)
@@ -200,13 +221,15 @@ def assign_split(df: pl.DataFrame, cfg: IngestConfig, profile: DatasetProfile) -
     """`_split`: the official split column, or a seeded hash of the id into ratio buckets."""
     if cfg.split_source == "official":
         if not profile.split_column:
-            raise BionasError(f"profile {profile.name} has no split column: use --split-source random")
-        raw = pl.col("official_split").str.strip_chars()
+            raise BionasError(
+                f"profile {profile.name} has no split column: use --split-source random"
+            )
+        raw = pl.col(OFFICIAL_SPLIT).str.strip_chars()
         return df.with_columns(
             raw.alias("_raw_split"),
             pl.when(raw.is_in(list(cfg.split_names))).then(raw).otherwise(None).alias("_split"),
         )
-    u = stable_unit_hash(df[profile.id_column], salt=f"bionas-split:{cfg.seed}:")
+    u = stable_unit_hash(df[ID], salt=f"bionas-split:{cfg.seed}:")
     edges = np.cumsum(cfg.split_ratios)[:-1]
     names = np.array(cfg.split_names)
     split = names[np.searchsorted(edges, u, side="right")]
@@ -215,9 +238,9 @@ def assign_split(df: pl.DataFrame, cfg: IngestConfig, profile: DatasetProfile) -
     )
 
 
-def order_and_shard(accepted: pl.DataFrame, cfg: IngestConfig, id_column: str) -> pl.DataFrame:
+def order_and_shard(accepted: pl.DataFrame, cfg: IngestConfig) -> pl.DataFrame:
     """Seeded shuffled order within each split, then consecutive runs of `shard_size`."""
-    accepted = accepted.sort(["split", id_column])
+    accepted = accepted.sort(["split", ID])
     rng = np.random.default_rng([cfg.seed, 0x5EED])
     accepted = accepted.with_columns(pl.Series("_rand", rng.permutation(accepted.height)))
     accepted = accepted.sort(["split", "_rand"]).drop("_rand")
@@ -230,7 +253,7 @@ def order_and_shard(accepted: pl.DataFrame, cfg: IngestConfig, id_column: str) -
 def make_plan(cfg: IngestConfig, profile: DatasetProfile) -> Plan:
     """Scan, join, validate, split, order and shard: one lazy query, collected once."""
     bbox = scan_bbox(cfg.bbox) if cfg.bbox else None
-    lf = scan_metadata(cfg, profile).pipe(join_bbox, bbox, profile.id_column).pipe(clip_bbox)
+    lf = scan_metadata(cfg, profile).pipe(join_bbox, bbox).pipe(clip_bbox)
     try:
         df = lf.collect()
     except pl.exceptions.ComputeError as exc:
@@ -238,7 +261,7 @@ def make_plan(cfg: IngestConfig, profile: DatasetProfile) -> Plan:
     df = assign_split(df, cfg, profile)
     df = reject_reasons(df.lazy(), cfg, profile).collect()
     rejects = df.filter(pl.col("reason").is_not_null()).select(
-        pl.col(profile.id_column).alias("processid"),
+        pl.col(ID).alias("processid"),
         pl.col("_split").alias("split"),
         pl.lit("plan").alias("stage"),
         "reason",
@@ -251,8 +274,12 @@ def make_plan(cfg: IngestConfig, profile: DatasetProfile) -> Plan:
         good = good.filter(wanted)
     clipped = int(good["_clipped"].sum())
     good = good.rename({"_split": "split"}).drop(
-        [c for c in ("_raw_split", "_bad_bbox", "_clipped", "_bbox_text", "reason", "detail") if c in good.columns]
+        [
+            c
+            for c in ("_raw_split", "_bad_bbox", "_clipped", "_bbox_text", "reason", "detail")
+            if c in good.columns
+        ]
     )
-    samples = order_and_shard(good, cfg, profile.id_column)
+    samples = order_and_shard(good, cfg)
     log.info("plan: %d samples, %d rejects, %d excluded", samples.height, rejects.height, excluded)
     return Plan(samples, rejects.cast(REJECT_SCHEMA), cfg.resolved_shard_size(), excluded, clipped)

@@ -12,18 +12,18 @@ import polars as pl
 from bionas import __version__
 from bionas.ingest.config import IngestConfig
 from bionas.ingest.execute import ShardResult
-from bionas.ingest.profiles import DatasetProfile
+from bionas.ingest.profiles import ID, DatasetProfile
 from bionas.manifests.vocab import Vocab, build_vocab, vocab_filename
 from bionas.shards.writer import file_sha256
 
 VERSIONED = ("polars", "pillow-simd", "pillow", "webdataset", "zstandard", "numpy")
 
 
-def landed_samples(samples: pl.DataFrame, rejected: pl.DataFrame, id_column: str) -> pl.DataFrame:
+def landed_samples(samples: pl.DataFrame, rejected: pl.DataFrame) -> pl.DataFrame:
     """Planned samples minus those rejected while processing their image."""
     if rejected.height == 0:
         return samples
-    return samples.join(rejected.select(pl.col("processid").alias(id_column)), on=id_column, how="anti")
+    return samples.join(rejected.select(ID), on=ID, how="anti")
 
 
 def build_vocabularies(
@@ -100,8 +100,11 @@ def manifest_body(
     inputs["images"] = {"path": str(cfg.images)}
     return {
         "bionas_version": __version__,
+        "vocab_version": 1,
         "versions": library_versions(),
         "profile": profile.name,
+        "ranks": list(profile.rank_names),
+        "leaky_fields": list(profile.leaky_fields),
         "inputs": inputs,
         "options": cfg.recorded_options(),
         "target": cfg.target,

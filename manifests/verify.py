@@ -35,7 +35,9 @@ def count_samples(path) -> tuple[int, str, str, list[str]]:
             members[key].add(ext)
     for key in order:
         if members[key] != {"jpg", "json"}:
-            problems.append(f"sample {key} has members {sorted(members[key])}, expected jpg and json")
+            problems.append(
+                f"sample {key} has members {sorted(members[key])}, expected jpg and json"
+            )
     return len(order), order[0] if order else "", order[-1] if order else "", problems
 
 

@@ -10,7 +10,7 @@ import zstandard
 
 def open_shard(path: str | Path) -> BinaryIO:
     """A readable stream of the uncompressed tar bytes of a shard."""
-    handle = open(path, "rb")
+    handle = open(path, "rb")  # noqa: SIM115 (the caller closes the returned stream)
     if str(path).endswith(".zst"):
         return zstandard.ZstdDecompressor().stream_reader(handle, closefd=True)
     return handle

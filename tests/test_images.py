@@ -44,7 +44,9 @@ def test_crop_lands_on_the_right_region():
 
 def test_bbox_is_scaled_when_the_image_is_smaller_than_the_bbox_frame():
     small = _photo(size=(512, 384))
-    out = _decode(process_image(small, (100, 50, 400, 300), ImageSpec(size=32, crop_margin=0), (1024, 768)))
+    out = _decode(
+        process_image(small, (100, 50, 400, 300), ImageSpec(size=32, crop_margin=0), (1024, 768))
+    )
     assert np.asarray(out).reshape(-1, 3).mean(0)[0] > 200
 
 
@@ -87,4 +89,6 @@ def test_non_image_bytes_are_rejected():
 
 def test_output_is_deterministic():
     data = _photo()
-    assert process_image(data, (10, 10, 900, 700), ImageSpec()) == process_image(data, (10, 10, 900, 700), ImageSpec())
+    assert process_image(data, (10, 10, 900, 700), ImageSpec()) == process_image(
+        data, (10, 10, 900, 700), ImageSpec()
+    )

@@ -6,7 +6,9 @@ from bionas.manifests.vocab import OTHER, UNKNOWN, build_vocab, load_vocab, writ
 
 
 def test_target_class_with_499_records_folds_into_other_and_500_stays():
-    vocab = build_vocab("order", {"Diptera": 900, "Lepidoptera": 500, "Odonata": 499}, role="target", min_count=500)
+    vocab = build_vocab(
+        "order", {"Diptera": 900, "Lepidoptera": 500, "Odonata": 499}, role="target", min_count=500
+    )
     assert vocab.values == (UNKNOWN, "Diptera", "Lepidoptera", OTHER)
     assert vocab.counts == (0, 900, 500, 499)
     assert vocab.lookup("Odonata") == vocab.values.index(OTHER)
@@ -32,7 +34,9 @@ def test_feature_values_below_min_count_map_to_unknown_without_other():
 def test_order_is_by_count_then_name_and_deterministic():
     counts = {"b": 5, "a": 5, "c": 9}
     assert build_vocab("f", counts).values == (UNKNOWN, "c", "a", "b")
-    assert build_vocab("f", dict(reversed(counts.items()))).sha256 == build_vocab("f", counts).sha256
+    assert (
+        build_vocab("f", dict(reversed(counts.items()))).sha256 == build_vocab("f", counts).sha256
+    )
 
 
 def test_a_real_class_named_other_joins_the_other_bucket():
@@ -42,7 +46,9 @@ def test_a_real_class_named_other_joins_the_other_bucket():
 
 
 def test_vocab_file_round_trips_and_records_its_options(tmp_path):
-    vocab = build_vocab("order", {"A": 5, "B": 1}, role="target", min_count=2, counted_splits=("train",))
+    vocab = build_vocab(
+        "order", {"A": 5, "B": 1}, role="target", min_count=2, counted_splits=("train",)
+    )
     path = write_vocab(vocab, tmp_path)
     body = json.loads(path.read_text())
     assert body["counted_splits"] == ["train"] and body["min_count"] == 2

@@ -8,15 +8,31 @@ from bionas.shards.writer import Sample, write_shard
 
 
 def _samples(n=3):
-    return [Sample(f"KEY-{i}", bytes([i]) * 100, encode_record({"processid": f"KEY-{i}", "order": "Diptera"})) for i in range(n)]
+    return [
+        Sample(
+            f"KEY-{i}",
+            bytes([i]) * 100,
+            encode_record({"processid": f"KEY-{i}", "order": "Diptera"}),
+        )
+        for i in range(n)
+    ]
 
 
 def test_tar_members_have_fixed_metadata_and_order(tmp_path):
     info = write_shard(tmp_path / "train-000000.tar", _samples())
     with tarfile.open(tmp_path / "train-000000.tar") as tar:
         members = tar.getmembers()
-    assert [m.name for m in members] == ["KEY-0.jpg", "KEY-0.json", "KEY-1.jpg", "KEY-1.json", "KEY-2.jpg", "KEY-2.json"]
-    assert {(m.mtime, m.uid, m.gid, m.uname, m.gname, m.mode) for m in members} == {(0, 0, 0, "", "", 0o644)}
+    assert [m.name for m in members] == [
+        "KEY-0.jpg",
+        "KEY-0.json",
+        "KEY-1.jpg",
+        "KEY-1.json",
+        "KEY-2.jpg",
+        "KEY-2.json",
+    ]
+    assert {(m.mtime, m.uid, m.gid, m.uname, m.gname, m.mode) for m in members} == {
+        (0, 0, 0, "", "", 0o644)
+    }
     assert (info.samples, info.first_key, info.last_key) == (3, "KEY-0", "KEY-2")
 
 

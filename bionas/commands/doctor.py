@@ -35,7 +35,10 @@ def command(as_json: bool) -> None:
             click.echo(f"{key}: {value}")
     pil = body["PIL"]
     if pil["flavour"] != "pillow-simd":
-        click.echo("warning: PIL is plain Pillow; install pillow-simd for faster ingest "
-                   "(see README: Set up)", err=True)
+        click.echo(
+            "warning: PIL is plain Pillow; install pillow-simd for faster ingest "
+            "(see README: Set up)",
+            err=True,
+        )
     if not pil["libjpeg-turbo"]:
         click.echo("warning: PIL does not use libjpeg-turbo; JPEG decode will be slow", err=True)

@@ -25,27 +25,72 @@ def _shard_size(ctx: click.Context, param: click.Parameter, value: str) -> int |
 
 @click.command("ingest")
 @click.argument("metadata_csv", type=click.Path(path_type=Path))
-@click.option("--images", required=True, type=click.Path(path_type=Path),
-              help="Image package folder, e.g. .../images/original_full.")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Dataset folder to write.")
-@click.option("--bbox", type=click.Path(path_type=Path), help="Bounding-box TSV (crop to the specimen).")
-@click.option("--profile", default="bioscan-5m", show_default=True, help="Dataset column layout.")
+@click.option(
+    "--images",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Image package folder, e.g. .../images/original_full.",
+)
+@click.option(
+    "--out", required=True, type=click.Path(path_type=Path), help="Dataset folder to write."
+)
+@click.option(
+    "--bbox", type=click.Path(path_type=Path), help="Bounding-box TSV (crop to the specimen)."
+)
+@click.option(
+    "--profile",
+    default="bioscan-5m",
+    show_default=True,
+    help="Built-in dataset layout: bioscan-5m or insects-1m.",
+)
+@click.option(
+    "--profile-file",
+    type=click.Path(path_type=Path),
+    help="Your own dataset layout as TOML (see README: Other datasets).",
+)
 @click.option("--target", default="order", show_default=True, help="Field to classify.")
-@click.option("--min-class-count", default=500, show_default=True,
-              help="Target classes with fewer records fold into 'Other'.")
-@click.option("--split-source", type=click.Choice(["random", "official"]), default="random",
-              show_default=True, help="Random = seeded hash of processid (the paper); official = split column.")
-@click.option("--split-ratios", default="0.7,0.2,0.1", show_default=True, callback=_ratios,
-              help="train,val,test fractions for --split-source random.")
+@click.option(
+    "--min-class-count",
+    default=500,
+    show_default=True,
+    help="Target classes with fewer records fold into 'Other'.",
+)
+@click.option(
+    "--split-source",
+    type=click.Choice(["random", "official"]),
+    default="random",
+    show_default=True,
+    help="Random = seeded hash of processid (the paper); official = split column.",
+)
+@click.option(
+    "--split-ratios",
+    default="0.7,0.2,0.1",
+    show_default=True,
+    callback=_ratios,
+    help="train,val,test fractions for --split-source random.",
+)
 @click.option("--splits", default=None, help="Comma list of splits to write (default: all).")
-@click.option("--seed", default=0, show_default=True, help="Seed of the split hash and sample order.")
+@click.option(
+    "--seed", default=0, show_default=True, help="Seed of the split hash and sample order."
+)
 @click.option("--size", default=256, show_default=True, help="Shorter side of output images, px.")
 @click.option("--quality", default=90, show_default=True, help="JPEG quality of output images.")
-@click.option("--crop-margin", default=0.1, show_default=True,
-              help="Fraction of the bbox added on each side before cropping.")
-@click.option("--shard-size", default="auto", show_default=True, callback=_shard_size,
-              help="Samples per shard; auto aims at ~100 MB shards.")
-@click.option("--compression", type=click.Choice(["none", "zstd"]), default="none", show_default=True)
+@click.option(
+    "--crop-margin",
+    default=0.1,
+    show_default=True,
+    help="Fraction of the bbox added on each side before cropping.",
+)
+@click.option(
+    "--shard-size",
+    default="auto",
+    show_default=True,
+    callback=_shard_size,
+    help="Samples per shard; auto aims at ~100 MB shards.",
+)
+@click.option(
+    "--compression", type=click.Choice(["none", "zstd"]), default="none", show_default=True
+)
 @click.option("--workers", default=0, show_default=True, help="Worker processes; 0 = all cores.")
 @click.option("--limit", type=int, default=None, help="Use only the first N rows (quick tries).")
 @click.option("--with-barcode", is_flag=True, help="Also carry dna_barcode into records.")
@@ -75,7 +120,9 @@ def command(metadata_csv: Path, splits: str | None, quiet: bool, **options) -> N
         **options,
     )
     summary = run_ingest(cfg, progress=not quiet)
-    click.echo(f"wrote {sum(summary.samples.values())} samples in {summary.shards} shards to {summary.out}")
+    click.echo(
+        f"wrote {sum(summary.samples.values())} samples in {summary.shards} shards to {summary.out}"
+    )
     for split, n in summary.samples.items():
         click.echo(f"  {split:<14} {n:>10} samples")
     if summary.kept_shards:
@@ -88,5 +135,7 @@ def command(metadata_csv: Path, splits: str | None, quiet: bool, **options) -> N
         click.echo(f"clipped {summary.clipped_bboxes} bboxes that reached outside the image")
     if summary.excluded:
         click.echo(f"{summary.excluded} valid rows were in splits not asked for (--splits)")
-    click.echo(f"processed {summary.processed} images in {summary.seconds:.1f} s "
-               f"({summary.images_per_second:.0f} img/s)")
+    click.echo(
+        f"processed {summary.processed} images in {summary.seconds:.1f} s "
+        f"({summary.images_per_second:.0f} img/s)"
+    )

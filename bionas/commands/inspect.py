@@ -14,7 +14,12 @@ BAR_WIDTH = 40
 @click.command("inspect")
 @click.argument("dataset_dir", type=click.Path(path_type=Path))
 @click.option("--verify", is_flag=True, help="Re-hash every shard and re-count its samples.")
-@click.option("--split", "hist_split", default=None, help="Split for the class histogram (default: train or the first).")
+@click.option(
+    "--split",
+    "hist_split",
+    default=None,
+    help="Split for the class histogram (default: train or the first).",
+)
 def command(dataset_dir: Path, verify: bool, hist_split: str | None) -> None:
     """Show a dataset's splits, samples, vocabulary sizes and class histogram.
 
@@ -36,15 +41,21 @@ def command(dataset_dir: Path, verify: bool, hist_split: str | None) -> None:
     except (FileNotFoundError, ValueError) as exc:
         raise BionasError(str(exc)) from exc
     body = manifest.body
-    click.echo(f"dataset {dataset_dir}  (target: {manifest.target}, profile: {body.get('profile')})")
+    click.echo(
+        f"dataset {dataset_dir}  (target: {manifest.target}, profile: {body.get('profile')})"
+    )
     for split in manifest.splits:
         entry = body["splits"][split]
-        click.echo(f"  {split:<14} {entry['samples']:>10} samples  {len(entry['shards']):>5} shards"
-                   f"  {entry['bytes'] / 1e6:>10.1f} MB")
+        click.echo(
+            f"  {split:<14} {entry['samples']:>10} samples  {len(entry['shards']):>5} shards"
+            f"  {entry['bytes'] / 1e6:>10.1f} MB"
+        )
     click.echo("vocabularies: " + ", ".join(f"{f}={v['size']}" for f, v in body["vocabs"].items()))
     rejects = body.get("rejects", {})
-    click.echo(f"rejects: {rejects.get('total', 0)} "
-               + " ".join(f"{r}={n}" for r, n in rejects.get("by_reason", {}).items()))
+    click.echo(
+        f"rejects: {rejects.get('total', 0)} "
+        + " ".join(f"{r}={n}" for r, n in rejects.get("by_reason", {}).items())
+    )
     split = hist_split or ("train" if "train" in manifest.splits else manifest.splits[0])
     counts = manifest.class_counts(split)
     if counts:
