@@ -1,0 +1,263 @@
+"""`bionas synth` + `bionas ingest` end to end, checked with plain tarfile/webdataset/polars."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import polars as pl
+import pytest
+import webdataset as wds
+from ingest_helpers import ingest, read_samples, run_cli, shard_files
+
+REASON_OF_KIND = {
+    "missing_file": "missing_file",
+    "truncated_jpeg": "corrupt_image",
+    "not_an_image": "not_an_image",
+    "bad_bbox": "bad_bbox",
+    "duplicate_processid": "duplicate_processid",
+    "empty_target": "empty_target",
+}
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth")
+    run_cli("synth", out, "--n", 400, "--seed", 3, "--corrupt", 2, "--workers", 2)
+    return out
+
+
+@pytest.fixture(scope="module")
+def dataset(synth, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ds") / "ds"
+    ingest(synth, out, "--min-class-count", 20, "--shard-size", 64, "--size", 64, "--workers", 2)
+    return out
+
+
+def _rejects(dataset):
+    return pl.read_parquet(dataset / "rejects.parquet")
+
+
+def test_every_corrupt_kind_is_rejected_with_its_reason_and_all_good_rows_land(synth, dataset):
+    planted = json.loads((synth / "corruptions.json").read_text())
+    rejects = _rejects(dataset)
+    reason_of = {(r["processid"], r["reason"]) for r in rejects.iter_rows(named=True)}
+    for kind, reason in REASON_OF_KIND.items():
+        assert planted["corruptions"][kind], kind
+        for pid in planted["corruptions"][kind]:
+            assert (pid, reason) in reason_of, (kind, pid)
+    for pid in planted["natural_empty_order"]:
+        assert (pid, "empty_target") in reason_of
+    metadata = pl.read_csv(synth / "metadata.csv", infer_schema=False)
+    samples = read_samples(dataset)
+    rejected_once = set(rejects["processid"]) - set(planted["corruptions"]["duplicate_processid"])
+    expected = set(metadata["processid"]) - rejected_once
+    assert set(samples) == expected  # every good row landed; a duplicate's first row too
+    manifest = json.loads((dataset / "manifest.json").read_text())
+    assert manifest["rejects"]["total"] == rejects.height
+    assert sum(s["samples"] for s in manifest["splits"].values()) == len(samples)
+
+
+def test_real_world_variants_are_accepted(synth, dataset):
+    planted = json.loads((synth / "corruptions.json").read_text())
+    samples = read_samples(dataset)
+    for kind, pids in planted["accepted_variants"].items():
+        assert pids, kind
+        for pid in pids:
+            assert pid in samples, (kind, pid)
+    manifest = json.loads((dataset / "manifest.json").read_text())
+    assert manifest["clipped_bboxes"] >= 1
+
+
+def test_records_hold_raw_strings_and_no_barcode(synth, dataset):
+    samples = read_samples(dataset)
+    record = next(iter(samples.values()))["record"]
+    assert isinstance(record["order"], str)
+    assert "dna_barcode" not in record
+    assert record["split"] in ("train", "val", "test")
+
+
+def test_target_classes_below_the_threshold_fold_into_other(dataset):
+    vocab = json.loads((dataset / "manifests" / "vocab_order.json").read_text())
+    assert vocab["values"][0] == "<unk>" and vocab["values"][-1] == "Other"
+    assert vocab["folded"] and all(n < 20 for n in vocab["folded"].values())
+    assert all(n >= 20 for n in vocab["counts"][1:-1])
+    assert vocab["counts"][-1] == sum(vocab["folded"].values())
+    counts = json.loads((dataset / "manifest.json").read_text())["class_counts"]
+    assert "Other" in counts["train"]
+
+
+def test_random_split_follows_the_ratios(dataset):
+    splits = {s["split"] for s in read_samples(dataset).values()}
+    manifest = json.loads((dataset / "manifest.json").read_text())
+    n = {k: v["samples"] for k, v in manifest["splits"].items()}
+    total = sum(n.values())
+    assert splits == {"train", "val", "test"}
+    assert 0.6 < n["train"] / total < 0.8 and 0.12 < n["val"] / total < 0.28
+
+
+def test_official_split_writes_the_split_column_values(synth, tmp_path):
+    out = tmp_path / "official"
+    ingest(synth, out, "--split-source", "official", "--splits", "train,val,test", "--size", 32,
+           "--min-class-count", 5, "--workers", 1)  # fmt: skip
+    metadata = pl.read_csv(synth / "metadata.csv", infer_schema=False)
+    for pid, entry in read_samples(out).items():
+        official = metadata.filter(pl.col("processid") == pid)["split"][0]
+        assert entry["record"]["split"] == official == entry["split"]
+
+
+def test_shards_are_byte_identical_whatever_the_worker_count_and_across_reruns(
+    synth, dataset, tmp_path
+):
+    one = tmp_path / "one"
+    ingest(synth, one, "--min-class-count", 20, "--shard-size", 64, "--size", 64, "--workers", 1)
+    assert shard_files(one) == shard_files(dataset)
+    assert (one / "manifest.json").read_text() == (dataset / "manifest.json").read_text()
+    ingest(synth, one, "--min-class-count", 20, "--shard-size", 64, "--size", 64, "--workers", 1)
+    assert shard_files(one) == shard_files(dataset)
+
+
+def test_samples_are_shuffled_across_and_within_shards(dataset):
+    names = sorted((dataset / "shards" / "train").glob("*.tar"))
+    assert len(names) >= 3
+    keys = [k for k, e in read_samples(dataset).items() if e["split"] == "train"]
+    assert keys != sorted(keys)
+
+
+def test_shards_read_back_with_plain_webdataset(dataset):
+    urls = [str(p) for p in sorted((dataset / "shards" / "train").glob("*.tar"))]
+    pipeline = wds.WebDataset(urls, shardshuffle=False).decode("pil").to_tuple("jpg", "json")
+    count = 0
+    for image, record in pipeline:
+        assert image.mode == "RGB" and min(image.size) == 64
+        assert record["split"] == "train"
+        count += 1
+    assert (
+        count == json.loads((dataset / "manifest.json").read_text())["splits"]["train"]["samples"]
+    )
+
+
+def test_zstd_shards_hold_the_same_tar_bytes(synth, dataset, tmp_path):
+    out = tmp_path / "zstd"
+    ingest(
+        synth,
+        out,
+        "--min-class-count",
+        20,
+        "--shard-size",
+        64,
+        "--size",
+        64,
+        "--compression",
+        "zstd",
+    )
+    assert all(name.endswith(".tar.zst") for name in shard_files(out))
+    plain, packed = read_samples(dataset), read_samples(out)
+    assert plain.keys() == packed.keys()
+    assert all(
+        plain[k]["jpg"] == packed[k]["jpg"] and plain[k]["record"] == packed[k]["record"]
+        for k in plain
+    )
+    run_cli("inspect", out, "--verify")
+
+
+def test_inspect_verify_catches_a_flipped_byte(dataset, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(dataset, copy)
+    result = run_cli("inspect", copy, "--verify")
+    assert "verified" in result.output
+    shard = sorted((copy / "shards" / "val").glob("*.tar"))[0]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 3] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    result = run_cli("inspect", copy, "--verify", ok=False)
+    assert result.exit_code == 1
+    assert shard.name in result.output
+
+
+def test_missing_column_is_named_with_the_file(synth, tmp_path):
+    csv = tmp_path / "metadata.csv"
+    pl.read_csv(synth / "metadata.csv", infer_schema=False).drop("order").write_csv(csv)
+    result = run_cli(
+        "ingest",
+        csv,
+        "--images",
+        synth / "images" / "original_full",
+        "--out",
+        tmp_path / "x",
+        ok=False,
+    )
+    assert result.exit_code != 0
+    assert "order" in result.output and str(csv) in result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_file_that_is_not_a_csv_is_refused_clearly(synth, tmp_path):
+    bogus = tmp_path / "metadata.csv"
+    bogus.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00binary")
+    result = run_cli(
+        "ingest",
+        bogus,
+        "--images",
+        synth / "images" / "original_full",
+        "--out",
+        tmp_path / "x",
+        ok=False,
+    )
+    assert result.exit_code != 0 and "not a CSV" in result.output
+
+
+def test_unsafe_processids_are_rejected(synth, tmp_path):
+    metadata = pl.read_csv(synth / "metadata.csv", infer_schema=False)
+    evil = metadata.head(2).with_columns(pl.Series("processid", ["../escape", "a.b"]))
+    csv = tmp_path / "metadata.csv"
+    pl.concat([metadata, evil]).write_csv(csv)
+    out = tmp_path / "ds"
+    run_cli(
+        "ingest",
+        csv,
+        "--images",
+        synth / "images" / "original_full",
+        "--out",
+        out,
+        "--size",
+        32,
+        "--quiet",
+    )
+    reasons = dict(_rejects(out).select("processid", "reason").iter_rows())
+    assert reasons["../escape"] == "unsafe_processid" and reasons["a.b"] == "unsafe_processid"
+
+
+def test_sigkill_mid_run_then_rerun_gives_identical_shards(synth, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = [
+        sys.executable, "-m", "bionas", "ingest", str(synth / "metadata.csv"),
+        "--images", str(synth / "images" / "original_full"), "--bbox", str(synth / "bbox.tsv"),
+        "--size", "48", "--shard-size", "8", "--workers", "1", "--quiet",
+    ]  # fmt: skip
+    reference = tmp_path / "reference"
+    subprocess.run([*args, "--out", str(reference)], check=True, capture_output=True)
+    killed = tmp_path / "killed"
+    process = subprocess.Popen([*args, "--out", str(killed)], start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    state = killed / ".state"
+    deadline = time.monotonic() + 120
+    while len(list(state.glob("*/*.json"))) < 3 and process.poll() is None:
+        assert time.monotonic() < deadline, "ingest made no progress"
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (killed / "manifest.json").exists(), "the run finished before it was killed"
+    done_before = len(list(state.glob("*/*.json")))
+    result = subprocess.run(
+        [*args, "--out", str(killed)], check=True, capture_output=True, text=True
+    )
+    assert f"kept {done_before}" in result.stdout or f"kept {done_before - 1}" in result.stdout
+    assert shard_files(killed) == shard_files(reference)
+    assert (killed / "manifest.json").read_bytes() == (reference / "manifest.json").read_bytes()
+    assert not list((killed / "shards").glob("*/*.tmp"))
