@@ -42,6 +42,10 @@ class IngestConfig:
     shard_size: int | None = None  # samples per shard; None = aim at ~100 MB shards
     compression: str = "none"
     workers: int = 0  # 0 = all cores
+    executor: str = "local"  # "local" (process pool) or "ray"
+    ray_address: str | None = (
+        None  # None: start a local Ray; else e.g. "auto" or "ray://host:10001"
+    )
     limit: int | None = None
     with_barcode: bool = False
 
@@ -55,6 +59,8 @@ class IngestConfig:
                 raise BionasError("--split-ratios takes three non-negative numbers: train,val,test")
             if abs(sum(self.split_ratios) - 1.0) > 1e-6:
                 raise BionasError(f"--split-ratios must sum to 1, not {sum(self.split_ratios):g}")
+        if self.executor not in ("local", "ray"):
+            raise BionasError(f"--executor must be local or ray, not {self.executor}")
         if self.compression not in ("none", "zstd"):
             raise BionasError(f"--compression must be none or zstd, not {self.compression}")
         if not 1 <= self.quality <= 100:
@@ -87,7 +93,16 @@ class IngestConfig:
     def recorded_options(self) -> dict:
         """The options that determine the output (not paths or worker count)."""
         body = asdict(self)
-        for key in ("metadata", "images", "out", "bbox", "workers", "profile_file"):
+        for key in (
+            "metadata",
+            "images",
+            "out",
+            "bbox",
+            "workers",
+            "profile_file",
+            "executor",
+            "ray_address",
+        ):
             body.pop(key)
         body["shard_size"] = self.resolved_shard_size()
         body["split_ratios"] = list(self.split_ratios)

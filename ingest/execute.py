@@ -172,7 +172,12 @@ class ExecuteResult:
 
 
 def execute(
-    tasks: list[ShardTask], out: Path, workers: int, progress: bool = True
+    tasks: list[ShardTask],
+    out: Path,
+    workers: int,
+    progress: bool = True,
+    executor: str = "local",
+    ray_address: str | None = None,
 ) -> ExecuteResult:
     """Write every shard not already done; return all shard results in plan order."""
     start = time.perf_counter()
@@ -186,58 +191,55 @@ def execute(
             todo.append(task)
     total = sum(t.rows.height for t in tasks)
     initial = total - sum(t.rows.height for t in todo)
-    bar = tqdm(
-        total=total,
-        initial=initial,
-        unit="img",
-        desc="ingest",
-        disable=not progress,
-        dynamic_ncols=True,
-        smoothing=0.1,
-    )
-    counter = mp.get_context("spawn").Value("q", 0)
-    if workers <= 1:
-        _run_inline(todo, out, counter, bar, done)
+    bar = tqdm(total=total, initial=initial, unit="img", desc="ingest", disable=not progress,
+               dynamic_ncols=True, smoothing=0.1)  # fmt: skip
+
+    def finish(task: ShardTask, result: ShardResult) -> None:
+        save_state(out, task, result)
+        done[(task.split, task.index)] = result
+
+    if executor == "ray":
+        from bionas.ingest.execute_ray import run_ray
+
+        processed = run_ray(todo, finish, bar.update, workers, ray_address)
+    elif workers <= 1:
+        processed = _run_inline(todo, finish, bar.update)
     else:
-        _run_pool(todo, out, counter, bar, done, workers)
+        processed = _run_pool(todo, finish, bar.update, workers)
     bar.close()
     results = [done[k] for k in sorted(done)]
-    return ExecuteResult(
-        results, int(counter.value), len(tasks) - len(todo), time.perf_counter() - start
-    )
+    return ExecuteResult(results, processed, len(tasks) - len(todo), time.perf_counter() - start)
 
 
-def _run_inline(todo, out, counter, bar, done) -> None:
+def _run_inline(todo: list[ShardTask], finish, advance) -> int:
+    counter = mp.get_context("spawn").Value("q", 0)
     _init_worker(counter)
     try:
         for task in todo:
             before = counter.value
-            result = write_task(task)
-            save_state(out, task, result)
-            done[(task.split, task.index)] = result
-            bar.update(counter.value - before)
+            finish(task, write_task(task))
+            advance(counter.value - before)
     finally:
         _init_worker(None)
+    return int(counter.value)
 
 
-def _run_pool(todo, out, counter, bar, done, workers) -> None:
+def _run_pool(todo: list[ShardTask], finish, advance, workers: int) -> int:
     # spawn, not fork: the parent holds Polars' thread pool, which fork can deadlock
     context = mp.get_context("spawn")
+    counter = context.Value("q", 0)
     seen = 0
-    with ProcessPoolExecutor(
-        workers, mp_context=context, initializer=_init_worker, initargs=(counter,)
-    ) as pool:
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                             initargs=(counter,)) as pool:  # fmt: skip
         pending = {pool.submit(write_task, task): task for task in todo}
         while pending:
             finished, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
             for future in finished:
-                task = pending.pop(future)
-                result = future.result()
-                save_state(out, task, result)
-                done[(task.split, task.index)] = result
+                finish(pending.pop(future), future.result())
             now = counter.value
-            bar.update(now - seen)
+            advance(now - seen)
             seen = now
+    return int(counter.value)
 
 
 def build_tasks(plan_groups, cfg, profile: DatasetProfile, shard_dir: Path) -> list[ShardTask]:

@@ -58,7 +58,7 @@ def run_ingest(cfg: IngestConfig, progress: bool = True) -> IngestSummary:
     shard_dir = cfg.out / SHARD_DIR
     tasks = build_tasks(plan.shard_groups(cfg.compression), cfg, profile, shard_dir)
     remove_stale_shards(shard_dir, {t.path for t in tasks})
-    run = execute(tasks, cfg.out, cfg.worker_count, progress=progress)
+    run = execute(tasks, cfg.out, cfg.worker_count, progress, cfg.executor, cfg.ray_address)
 
     image_rejects = rejects_frame(run.results)
     rejects = pl.concat([plan.rejects, image_rejects]).sort(["stage", "processid", "reason"])

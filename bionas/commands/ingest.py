@@ -92,6 +92,18 @@ def _shard_size(ctx: click.Context, param: click.Parameter, value: str) -> int |
     "--compression", type=click.Choice(["none", "zstd"]), default="none", show_default=True
 )
 @click.option("--workers", default=0, show_default=True, help="Worker processes; 0 = all cores.")
+@click.option(
+    "--executor",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="Where shards are written: local worker processes, or Ray tasks (pip install 'bionas[ray]').",
+)
+@click.option(
+    "--ray-address",
+    default=None,
+    help="Ray cluster to join (e.g. auto); default: start a local Ray with --workers CPUs.",
+)
 @click.option("--limit", type=int, default=None, help="Use only the first N rows (quick tries).")
 @click.option("--with-barcode", is_flag=True, help="Also carry dna_barcode into records.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
