@@ -57,61 +57,80 @@ class Morph:
 
 
 _CLEAR = (235, 238, 240, 95)
+_MITE = {"leg_pairs": 4, "leg_x": 0.05, "antenna": 0.0, "texture": "gloss"}
+# fmt: off
 MORPHS: dict[str, Morph] = {
-    "Diptera": Morph(((-0.2, 0.24, 0.09), (0.08, 0.13, 0.11), (0.27, 0.07, 0.09)), (45, 38, 32),
-                     (150, 40, 30), 2, 0.55, 0.14, 28, _CLEAR, "veins", 3, 0.08, 0.42, 0.012,
-                     0.07, "rings", True),
-    "Hymenoptera": Morph(((-0.26, 0.2, 0.1), (-0.02, 0.04, 0.025), (0.14, 0.13, 0.09),
-                          (0.33, 0.08, 0.085)), (190, 105, 35), (55, 30, 15), 4, 0.42, 0.09,
-                         20, (225, 215, 185, 100), "veins", 3, 0.14, 0.36, 0.013, 0.3,
-                         "stripes", True),
-    "Coleoptera": Morph(((-0.08, 0.36, 0.27), (0.3, 0.1, 0.16), (0.43, 0.06, 0.08)), (55, 45, 30),
-                        (20, 15, 10), 0, leg_pairs=3, leg_x=0.15, leg_len=0.2, leg_width=0.022,
-                        antenna=0.15, texture="shell"),
-    "Lepidoptera": Morph(((-0.15, 0.22, 0.06), (0.1, 0.1, 0.07), (0.24, 0.06, 0.06)),
-                         (115, 90, 65), (60, 40, 25), 4, 0.5, 0.34, 70, (175, 135, 85, 255),
-                         "bands", 3, 0.1, 0.15, 0.01, 0.25),
-    "Hemiptera": Morph(((-0.05, 0.32, 0.24), (0.32, 0.1, 0.09)), (95, 125, 55), (60, 40, 25),
-                       leg_x=0.1, leg_len=0.3, leg_width=0.016, antenna=0.3, texture="shield"),
-    "Araneae": Morph(((-0.2, 0.25, 0.2), (0.15, 0.15, 0.13)), (105, 72, 45), (60, 40, 25),
-                     leg_pairs=4, leg_x=0.15, leg_len=0.6, leg_width=0.03, antenna=0.06,
-                     texture="spots"),
-    "Trombidiformes": Morph(((0.0, 0.4, 0.32),), (200, 45, 30), (120, 20, 15), leg_pairs=4,
-                            leg_x=0.05, leg_len=0.22, leg_width=0.025, antenna=0.0,
-                            texture="gloss"),
-    "Mesostigmata": Morph(((0.0, 0.42, 0.3),), (150, 92, 40), (90, 50, 20), leg_pairs=4,
-                          leg_x=0.1, leg_len=0.3, leg_width=0.02, antenna=0.0, texture="gloss"),
-    "Sarcoptiformes": Morph(((0.0, 0.4, 0.33),), (55, 32, 20), (20, 10, 5), leg_pairs=4,
-                            leg_x=0.05, leg_len=0.18, leg_width=0.02, antenna=0.0,
-                            texture="gloss"),
-    "Entomobryomorpha": Morph(((-0.32, 0.1, 0.06), (-0.12, 0.12, 0.08), (0.1, 0.12, 0.085),
-                               (0.3, 0.09, 0.08)), (110, 110, 135), (50, 50, 70), leg_x=0.1,
-                              leg_len=0.15, antenna=0.35, texture="rings"),
-    "Poduromorpha": Morph(((-0.15, 0.3, 0.16), (0.2, 0.15, 0.13)), (70, 72, 115), (40, 40, 70),
-                          leg_len=0.12, antenna=0.1, texture="rings"),
-    "Symphypleona": Morph(((-0.05, 0.33, 0.3), (0.3, 0.12, 0.12)), (135, 100, 55), (70, 45, 20),
-                          leg_len=0.14, antenna=0.25, texture="spots"),
-    "Psocodea": Morph(((-0.12, 0.2, 0.12), (0.12, 0.1, 0.09), (0.28, 0.1, 0.11)), (175, 150, 110),
-                      (90, 70, 40), 2, 0.5, 0.16, 18, (205, 195, 165, 150), "veins",
-                      leg_len=0.25, antenna=0.45, eyes=True),
-    "Thysanoptera": Morph(((-0.15, 0.3, 0.05), (0.18, 0.08, 0.05), (0.3, 0.05, 0.045)),
-                          (38, 32, 30), (15, 10, 10), 2, 0.5, 0.035, 8, (80, 80, 80, 130),
-                          leg_len=0.1, leg_width=0.012, antenna=0.08, texture="rings"),
-    "Trichoptera": Morph(((-0.12, 0.25, 0.07), (0.14, 0.1, 0.07), (0.28, 0.06, 0.06)),
-                         (110, 85, 60), (70, 50, 30), 2, 0.62, 0.17, 12, (135, 105, 72, 235),
-                         "spots", leg_len=0.35, antenna=0.7),
-    "Orthoptera": Morph(((-0.15, 0.3, 0.1), (0.17, 0.12, 0.1), (0.32, 0.08, 0.09)),
-                        (120, 140, 60), (70, 85, 30), 2, 0.45, 0.08, 8, (120, 140, 70, 220),
-                        leg_x=0.05, leg_len=0.5, leg_width=0.035, antenna=0.6),
-    "Neuroptera": Morph(((-0.15, 0.25, 0.05), (0.12, 0.09, 0.06), (0.25, 0.05, 0.06)),
-                        (110, 170, 90), (40, 90, 40), 4, 0.6, 0.17, 22, (220, 245, 220, 80),
-                        "veins", leg_len=0.25, antenna=0.45, eyes=True),
-    "Odonata": Morph(((-0.2, 0.32, 0.035), (0.17, 0.07, 0.06), (0.27, 0.06, 0.07)),
-                     (40, 110, 170), (20, 40, 70), 4, 0.45, 0.07, 85, (225, 235, 240, 90),
-                     "veins", leg_len=0.15, antenna=0.03, texture="rings", eyes=True),
-    "Blattodea": Morph(((-0.05, 0.36, 0.2), (0.3, 0.08, 0.12)), (130, 80, 40), (70, 40, 20),
-                       leg_x=0.0, leg_len=0.3, leg_width=0.02, antenna=0.7, texture="gloss"),
+    "Diptera": Morph(  # dark body, two clear wings, red eyes
+        ((-0.2, 0.24, 0.09), (0.08, 0.13, 0.11), (0.27, 0.07, 0.09)), (45, 38, 32),
+        accent=(150, 40, 30), wings=2, wing_len=0.55, wing_width=0.14, wing_angle=28,
+        wing_rgba=_CLEAR, wing_pattern="veins", leg_x=0.08, leg_len=0.42, leg_width=0.012,
+        antenna=0.07, texture="rings", eyes=True),
+    "Hymenoptera": Morph(  # orange-brown, narrow waist, striped gaster, four narrow wings
+        ((-0.26, 0.2, 0.1), (-0.02, 0.04, 0.025), (0.14, 0.13, 0.09), (0.33, 0.08, 0.085)),
+        (190, 105, 35), accent=(55, 30, 15), wings=4, wing_len=0.42, wing_width=0.09,
+        wing_angle=20, wing_rgba=(225, 215, 185, 100), wing_pattern="veins", leg_x=0.14,
+        leg_len=0.36, leg_width=0.013, antenna=0.3, texture="stripes", eyes=True),
+    "Coleoptera": Morph(  # round glossy shell with a suture
+        ((-0.08, 0.36, 0.27), (0.3, 0.1, 0.16), (0.43, 0.06, 0.08)), (55, 45, 30),
+        accent=(20, 15, 10), leg_x=0.15, leg_len=0.2, leg_width=0.022, antenna=0.15,
+        texture="shell"),
+    "Lepidoptera": Morph(  # broad patterned opaque wings
+        ((-0.1, 0.17, 0.06), (0.1, 0.1, 0.07), (0.24, 0.06, 0.06)), (115, 90, 65),
+        accent=(60, 40, 25), wings=4, wing_len=0.55, wing_width=0.32, wing_angle=50,
+        wing_rgba=(175, 135, 85, 255), wing_pattern="bands", leg_len=0.15, leg_width=0.01,
+        antenna=0.25),
+    "Hemiptera": Morph(  # a shield with a scutellum
+        ((-0.05, 0.32, 0.24), (0.32, 0.1, 0.09)), (95, 125, 55), accent=(60, 40, 25),
+        leg_x=0.1, leg_len=0.3, leg_width=0.016, antenna=0.3, texture="shield"),
+    "Araneae": Morph(  # two body parts, eight long legs
+        ((-0.2, 0.25, 0.2), (0.15, 0.15, 0.13)), (105, 72, 45), accent=(60, 40, 25),
+        leg_pairs=4, leg_x=0.15, leg_len=0.6, leg_width=0.03, antenna=0.06, texture="spots"),
+    "Trombidiformes": Morph(((0.0, 0.4, 0.32),), (200, 45, 30), accent=(120, 20, 15),
+                            leg_len=0.22, leg_width=0.025, **_MITE),
+    "Mesostigmata": Morph(((0.0, 0.42, 0.3),), (150, 92, 40), accent=(90, 50, 20),
+                          leg_len=0.3, leg_width=0.02, **_MITE),
+    "Sarcoptiformes": Morph(((0.0, 0.4, 0.33),), (55, 32, 20), accent=(20, 10, 5),
+                            leg_len=0.18, leg_width=0.02, **_MITE),
+    "Entomobryomorpha": Morph(  # springtail: segmented, long antennae
+        ((-0.32, 0.1, 0.06), (-0.12, 0.12, 0.08), (0.1, 0.12, 0.085), (0.3, 0.09, 0.08)),
+        (110, 110, 135), accent=(50, 50, 70), leg_len=0.15, antenna=0.35, texture="rings"),
+    "Poduromorpha": Morph(((-0.15, 0.3, 0.16), (0.2, 0.15, 0.13)), (70, 72, 115),
+                          accent=(40, 40, 70), leg_len=0.12, antenna=0.1, texture="rings"),
+    "Symphypleona": Morph(((-0.05, 0.33, 0.3), (0.3, 0.12, 0.12)), (135, 100, 55),
+                          accent=(70, 45, 20), leg_len=0.14, antenna=0.25, texture="spots"),
+    "Psocodea": Morph(  # bulbous head, roof-like wings
+        ((-0.12, 0.2, 0.12), (0.12, 0.1, 0.09), (0.28, 0.1, 0.11)), (175, 150, 110),
+        accent=(90, 70, 40), wings=2, wing_len=0.5, wing_width=0.16, wing_angle=18,
+        wing_rgba=(205, 195, 165, 150), wing_pattern="veins", leg_len=0.25, antenna=0.45,
+        eyes=True),
+    "Thysanoptera": Morph(  # slender, dark, fringed strap wings
+        ((-0.15, 0.3, 0.05), (0.18, 0.08, 0.05), (0.3, 0.05, 0.045)), (38, 32, 30),
+        accent=(15, 10, 10), wings=2, wing_len=0.5, wing_width=0.035, wing_angle=8,
+        wing_rgba=(80, 80, 80, 130), leg_len=0.1, leg_width=0.012, antenna=0.08,
+        texture="rings"),
+    "Trichoptera": Morph(  # hairy tent-like brown wings, very long antennae
+        ((-0.12, 0.25, 0.07), (0.14, 0.1, 0.07), (0.28, 0.06, 0.06)), (110, 85, 60),
+        accent=(70, 50, 30), wings=2, wing_len=0.62, wing_width=0.17, wing_angle=12,
+        wing_rgba=(135, 105, 72, 235), wing_pattern="spots", leg_len=0.35, antenna=0.7),
+    "Orthoptera": Morph(  # green, strong hind legs
+        ((-0.15, 0.3, 0.1), (0.17, 0.12, 0.1), (0.32, 0.08, 0.09)), (120, 140, 60),
+        accent=(70, 85, 30), wings=2, wing_len=0.45, wing_width=0.08, wing_angle=8,
+        wing_rgba=(120, 140, 70, 220), leg_x=0.05, leg_len=0.5, leg_width=0.035, antenna=0.6),
+    "Neuroptera": Morph(  # lacewing: green, big clear veined wings
+        ((-0.15, 0.25, 0.05), (0.12, 0.09, 0.06), (0.25, 0.05, 0.06)), (110, 170, 90),
+        accent=(40, 90, 40), wings=4, wing_len=0.6, wing_width=0.17, wing_angle=22,
+        wing_rgba=(220, 245, 220, 80), wing_pattern="veins", leg_len=0.25, antenna=0.45,
+        eyes=True),
+    "Odonata": Morph(  # long blue abdomen, four wings held out
+        ((-0.2, 0.32, 0.035), (0.17, 0.07, 0.06), (0.27, 0.06, 0.07)), (40, 110, 170),
+        accent=(20, 40, 70), wings=4, wing_len=0.45, wing_width=0.07, wing_angle=85,
+        wing_rgba=(225, 235, 240, 90), wing_pattern="veins", leg_len=0.15, antenna=0.03,
+        texture="rings", eyes=True),
+    "Blattodea": Morph(((-0.05, 0.36, 0.2), (0.3, 0.08, 0.12)), (130, 80, 40),
+                       accent=(70, 40, 20), leg_x=0.0, leg_len=0.3, leg_width=0.02,
+                       antenna=0.7, texture="gloss"),
 }
+# fmt: on
 
 
 def morph_for_order(order: str) -> Morph:
@@ -125,13 +144,12 @@ def morph_for_order(order: str) -> Morph:
         (float(x), float(rng.uniform(0.08, 0.35 / n_seg + 0.1)), float(rng.uniform(0.05, 0.2)))
         for x in xs
     )
-    colour = tuple(int(c) for c in rng.integers(40, 200, 3))
-    wings = int(rng.choice([0, 2, 4]))
+    r, g, b = (int(c) for c in rng.integers(40, 200, 3))
     return Morph(
         segments,
-        colour,  # type: ignore[arg-type]
-        tuple(int(c * 0.5) for c in colour),  # type: ignore[arg-type]
-        wings,
+        (r, g, b),
+        accent=(r // 2, g // 2, b // 2),
+        wings=int(rng.choice([0, 2, 4])),
         wing_len=float(rng.uniform(0.3, 0.6)),
         wing_width=float(rng.uniform(0.05, 0.2)),
         wing_angle=float(rng.uniform(10, 60)),
@@ -193,7 +211,7 @@ def render_specimen(
 ) -> Image.Image:
     """The 1024x768 RGB photo of row `row`: well background plus a specimen filling `bbox`."""
     rng = np.random.default_rng([seed, row, 0x1A5E])
-    image = Image.fromarray(_background(rng))
+    image = _background(rng)
     draw = ImageDraw.Draw(image, "RGBA")
     shapes = _place(_specimen(morph_for_order(order), rng), bbox, rng)
     for kind, points, fill, line, width in shapes:
@@ -206,40 +224,46 @@ def render_specimen(
     x0, y0, x1, y1 = bbox
     box = (max(0, x0 - 8), max(0, y0 - 8), min(WIDTH, x1 + 8), min(HEIGHT, y1 + 8))
     image.paste(image.crop(box).filter(ImageFilter.GaussianBlur(0.8)), box)
-    gx, gy = rng.integers(0, 256, 2)
-    grain = _grain()[gy : gy + HEIGHT, gx : gx + WIDTH, None]
+    gx, gy = (int(v) for v in rng.integers(0, _GRAIN_MARGIN, 2))
+    grain = _grain()[gy : gy + HEIGHT, gx : gx + WIDTH, None]  # sensor noise
     return Image.fromarray(np.clip(np.asarray(image, np.int16) + grain, 0, 255).astype(np.uint8))
 
 
 _SHIFT = 64  # how far the well's centre may sit from the photo's centre, in pixels
+_RADIUS_STEP = 3  # pixels per radius level: the largest distance must fit in a uint8
+_GRAIN_MARGIN = 256
 
 
 @functools.lru_cache(maxsize=1)
-def _radius_map() -> np.ndarray:
-    """Distance from the centre of a frame a little larger than the photo (cropped per image)."""
+def _radius_map() -> Image.Image:
+    """Distance / 3 from the centre of a frame a little larger than the photo (cropped per image)."""
     y, x = np.mgrid[0 : HEIGHT + 2 * _SHIFT, 0 : WIDTH + 2 * _SHIFT]
-    return np.hypot(x - WIDTH / 2 - _SHIFT, y - HEIGHT / 2 - _SHIFT).astype(np.uint16)
+    r = np.hypot(x - WIDTH / 2 - _SHIFT, y - HEIGHT / 2 - _SHIFT) / _RADIUS_STEP
+    return Image.fromarray(np.round(r).astype(np.uint8))
 
 
 @functools.lru_cache(maxsize=1)
 def _grain() -> np.ndarray:
-    """Fixed sensor noise; each image reads it through its own random window."""
-    return np.random.default_rng(0x6A1).integers(-5, 6, (HEIGHT + 256, WIDTH + 256), np.int16)
+    """Fixed sensor noise in [-5, 5]; each photo reads it through its own random window."""
+    size = (HEIGHT + _GRAIN_MARGIN, WIDTH + _GRAIN_MARGIN)
+    return np.random.default_rng(0x6A1).integers(-5, 6, size, dtype=np.int16)
 
 
-def _background(rng: np.random.Generator) -> np.ndarray:
+def _background(rng: np.random.Generator) -> Image.Image:
     """A plastic well seen from above: grey-white floor, a bright rim, a soft vignette."""
     radius, wall = rng.uniform(400, 520), rng.uniform(18, 40)
-    r = np.arange(int(np.hypot(WIDTH, HEIGHT)) + 2, dtype=np.float32)
+    r = np.arange(256, dtype=np.float32) * _RADIUS_STEP
     inside = 210 + 12 * (1 - (r / radius) ** 2)  # brighter in the middle of the well
-    rim = 22 * np.exp(-(((r - radius) / wall) ** 2)) - 12 * np.exp(-(((r - radius + 2 * wall) / wall) ** 2))
+    rim = 22 * np.exp(-(((r - radius) / wall) ** 2))
+    rim -= 12 * np.exp(-(((r - radius + 2 * wall) / wall) ** 2))  # shadow inside the wall
     outside = 200 - 0.06 * np.clip(r - radius, 0, None)  # vignette towards the corners
     profile = np.where(r < radius, inside, outside) + rim
     tint = np.array([0.985, 0.99, 1.0]) + rng.normal(0, 0.012, 3)  # cool grey to beige
-    lut = np.clip(profile[:, None] * tint[None, :], 0, 255).astype(np.uint8)
-    cx, cy = rng.integers(-_SHIFT, _SHIFT + 1, 2)
-    rmap = _radius_map()[_SHIFT - cy : _SHIFT - cy + HEIGHT, _SHIFT - cx : _SHIFT - cx + WIDTH]
-    return lut[rmap].astype(np.uint8)
+    cx, cy = (int(v) for v in rng.integers(-_SHIFT, _SHIFT + 1, 2))
+    left, top = _SHIFT - cx, _SHIFT - cy
+    radii = _radius_map().crop((left, top, left + WIDTH, top + HEIGHT))
+    channels = [radii.point(np.clip(profile * t, 0, 255).astype(np.uint8).tolist()) for t in tint]
+    return Image.merge("RGB", channels)
 
 
 def _ellipse(cx: float, cy: float, rx: float, ry: float, angle: float = 0.0, n: int = 28):
@@ -254,28 +278,34 @@ def _tone(colour: RGB, factor: float, alpha: int = 255) -> tuple[int, int, int, 
     return (r, g, b, alpha)
 
 
+def _poly(points, fill, line=None) -> Shape:
+    return ("poly", np.asarray(points, float), fill, line, 1.0)
+
+
+def _line(points, colour, width: float) -> Shape:
+    return ("line", np.asarray(points, float), None, colour, width)
+
+
 def _specimen(m: Morph, rng: np.random.Generator) -> list[Shape]:
     """The specimen's shapes in the local frame, back to front."""
     colour: RGB = tuple(int(c) for c in np.clip(np.add(m.colour, rng.normal(0, 10, 3)), 0, 255))
     dark = _tone(colour, 0.5)
-    shapes: list[Shape] = _legs(m, rng, dark)
+    shapes = _legs(m, rng, dark)
     wings = _wings(m, rng)
-    opaque = m.wing_rgba[3] >= 200
+    opaque = m.wing_rgba[3] >= 200  # opaque wings lie under the body, clear ones over it
     if opaque:
         shapes += wings
     for i, (x, hl, hw) in enumerate(m.segments):
         jl, jw = rng.normal(1, 0.06, 2)
         fill = _tone(colour, 0.85 + 0.1 * i + rng.normal(0, 0.04))
-        shapes.append(("poly", _ellipse(x, 0, hl * jl, hw * jw), fill, dark, 1))
+        shapes.append(_poly(_ellipse(x, 0, hl * jl, hw * jw), fill, dark))
     if not opaque:
         shapes += wings
-    shapes += _texture(m, rng, colour)
-    shapes += _head(m, rng, dark)
-    return shapes
+    return shapes + _texture(m, rng, colour) + _head(m, rng, dark)
 
 
 def _legs(m: Morph, rng: np.random.Generator, dark: tuple) -> list[Shape]:
-    shapes: list[Shape] = []
+    shapes = []
     body_w = max(hw for _, _, hw in m.segments)
     for i in range(m.leg_pairs):
         t = i / (m.leg_pairs - 1) - 0.5 if m.leg_pairs > 1 else 0.0  # -0.5 hind .. +0.5 front
@@ -286,76 +316,84 @@ def _legs(m: Morph, rng: np.random.Generator, dark: tuple) -> list[Shape]:
             knee = root + 0.45 * length * np.array([np.cos(phi), side * np.sin(phi)])
             phi2 = phi + np.radians(30)
             foot = knee + 0.55 * length * np.array([np.cos(phi2), side * np.sin(phi2)])
-            shapes.append(("line", np.stack([root, knee, foot]), None, dark, m.leg_width))
+            shapes.append(_line([root, knee, foot], dark, m.leg_width))
     return shapes
 
 
 def _wings(m: Morph, rng: np.random.Generator) -> list[Shape]:
-    shapes: list[Shape] = []
+    shapes = []
     line = (*(int(c * 0.6) for c in m.wing_rgba[:3]), min(255, m.wing_rgba[3] + 80))
-    root_x = m.leg_x + 0.08
+    accent = _tone(m.accent, 1.0, 225)
+    root = np.array([m.leg_x + 0.08, 0.0])
     for pair in range(m.wings // 2):
         scale = 1.0 if pair == 0 else 0.75
         for side in (-1, 1):
             a = np.radians(m.wing_angle + 12 * pair + rng.normal(0, 5))
-            d = np.array([-np.cos(a), side * np.sin(a)])
+            d = np.array([-np.cos(a), side * np.sin(a)])  # along the wing, pointing backwards
+            across = np.array([-d[1], d[0]])
             length, width = m.wing_len * scale, m.wing_width * scale
-            c = np.array([root_x, 0.0]) + d * length / 2
-            angle = np.arctan2(d[1], d[0])
-            shapes.append(("poly", _ellipse(*c, length / 2, width / 2, angle), m.wing_rgba, line, 1))
+            c, angle = root + d * length / 2, np.arctan2(d[1], d[0])
+            shapes.append(_poly(_ellipse(*c, length / 2, width / 2, angle), m.wing_rgba, line))
             if m.wing_pattern == "veins":
                 for off in (-0.25, 0.0, 0.3):
-                    tip = c + d * length * 0.4 + np.array([-d[1], d[0]]) * width * off
-                    shapes.append(("line", np.stack([[root_x, 0.0], tip]), None, line, 0.006))
+                    tip = c + d * length * 0.4 + across * width * off
+                    shapes.append(_line([root, tip], line, 0.006))
             elif m.wing_pattern == "bands":
-                band = c + d * length * 0.15
-                fill = _tone(m.accent, 1.0, 230)
-                shapes.append(("poly", _ellipse(*band, length * 0.08, width * 0.45, angle), fill, None, 1))
-                shapes.append(("poly", _ellipse(*(c + d * length * 0.3), width * 0.12, width * 0.12), fill, None, 1))
+                band = _ellipse(*(c + d * length * 0.15), length * 0.08, width * 0.45, angle)
+                spot = _ellipse(*(c + d * length * 0.3), width * 0.12, width * 0.12)
+                shapes += [_poly(band, accent), _poly(spot, accent)]
             elif m.wing_pattern == "spots":
                 for k in range(3):
-                    p = c + d * length * (0.35 * k / 2 - 0.1) + np.array([-d[1], d[0]]) * width * rng.uniform(-0.25, 0.25)
-                    shapes.append(("poly", _ellipse(*p, width * 0.1, width * 0.1, n=10), _tone(m.accent, 1.0, 220), None, 1))
+                    p = (
+                        c
+                        + d * length * (0.175 * k - 0.1)
+                        + across * width * rng.uniform(-0.25, 0.25)
+                    )
+                    shapes.append(_poly(_ellipse(*p, width * 0.1, width * 0.1, n=10), accent))
     return shapes
 
 
 def _texture(m: Morph, rng: np.random.Generator, colour: RGB) -> list[Shape]:
-    x, hl, hw = m.segments[0]
+    x, hl, hw = m.segments[0]  # the abdomen (or the whole body)
     accent = _tone(m.accent, 1.0, 220)
     if m.texture == "stripes":
-        return [("line", np.array([[x + t * hl, -hw * 0.85], [x + t * hl, hw * 0.85]]), None, accent, hw * 0.3)
-                for t in (-0.45, 0.0, 0.45)]
+        return [_line([[x + t * hl, -hw * 0.85], [x + t * hl, hw * 0.85]], accent, hw * 0.3)
+                for t in (-0.45, 0.0, 0.45)]  # fmt: skip
     if m.texture == "rings":
-        return [("line", np.array([[x + t * hl, -hw * 0.9], [x + t * hl + 0.02, 0], [x + t * hl, hw * 0.9]]), None, _tone(colour, 0.6), 0.008)
-                for t in (-0.6, -0.3, 0.0, 0.3, 0.6)]
+        ring = _tone(colour, 0.6)
+        return [_line([[x + t * hl, -hw * 0.9], [x + t * hl + 0.02, 0], [x + t * hl, hw * 0.9]],
+                      ring, 0.008) for t in (-0.6, -0.3, 0.0, 0.3, 0.6)]  # fmt: skip
     if m.texture == "spots":
-        return [("poly", _ellipse(x + rng.uniform(-0.5, 0.5) * hl, rng.uniform(-0.5, 0.5) * hw, hw * 0.15, hw * 0.15, n=12), accent, None, 1)
-                for _ in range(4)]
+        centres = rng.uniform(-0.5, 0.5, (4, 2)) * (hl, hw) + (x, 0)
+        return [_poly(_ellipse(*p, hw * 0.15, hw * 0.15, n=12), accent) for p in centres]
     if m.texture == "shield":
-        pts = np.array([[x - hl, 0], [x - hl * 0.1, -hw], [x + hl, -hw * 0.85], [x + hl, hw * 0.85], [x - hl * 0.1, hw]])
-        tri = np.array([[x + hl * 0.7, -hw * 0.45], [x + hl * 0.7, hw * 0.45], [x - hl * 0.3, 0]])
-        return [("poly", pts, _tone(colour, 1.0), _tone(colour, 0.5), 1), ("poly", tri, _tone(colour, 0.75), None, 1)]
-    shapes: list[Shape] = []
-    if m.texture == "shell":  # elytral suture of a beetle
-        shapes.append(("line", np.array([[x - hl, 0], [x + hl, 0]]), None, _tone(colour, 0.4), 0.01))
+        shield = [[x - hl, 0], [x - hl * 0.1, -hw], [x + hl, -hw * 0.85], [x + hl, hw * 0.85],
+                  [x - hl * 0.1, hw]]  # fmt: skip
+        scutellum = [[x + hl * 0.7, -hw * 0.45], [x + hl * 0.7, hw * 0.45], [x - hl * 0.3, 0]]
+        return [_poly(shield, _tone(colour, 1.0), _tone(colour, 0.5)),
+                _poly(scutellum, _tone(colour, 0.75))]  # fmt: skip
+    shapes = []
+    if m.texture == "shell":  # the elytral suture of a beetle
+        shapes.append(_line([[x - hl, 0], [x + hl, 0]], _tone(colour, 0.4), 0.01))
     if m.texture in ("shell", "gloss"):
-        shapes.append(("poly", _ellipse(x + hl * 0.25, -hw * 0.4, hl * 0.35, hw * 0.18), (255, 255, 255, 110), None, 1))
+        highlight = _ellipse(x + hl * 0.25, -hw * 0.4, hl * 0.35, hw * 0.18)
+        shapes.append(_poly(highlight, (255, 255, 255, 110)))
     return shapes
 
 
 def _head(m: Morph, rng: np.random.Generator, dark: tuple) -> list[Shape]:
     x, hl, hw = m.segments[-1]
     tip = x + hl * 0.8
-    shapes: list[Shape] = []
-    if m.antenna > 0:
-        for side in (-1, 1):
-            a = np.radians(25 + rng.normal(0, 6))
-            mid = np.array([tip + m.antenna * 0.5 * np.cos(a), side * (hw * 0.3 + m.antenna * 0.5 * np.sin(a))])
-            end = mid + m.antenna * 0.5 * np.array([np.cos(a * 1.6), side * np.sin(a * 1.6)])
-            shapes.append(("line", np.stack([[tip, side * hw * 0.3], mid, end]), None, dark, max(0.006, m.leg_width * 0.7)))
-    if m.eyes:
-        for side in (-1, 1):
-            shapes.append(("poly", _ellipse(x + hl * 0.2, side * hw * 0.6, hl * 0.55, hw * 0.45, n=16), _tone(m.accent, 1.0), None, 1))
+    shapes = []
+    for side in (-1, 1) if m.antenna > 0 else ():
+        a = np.radians(25 + rng.normal(0, 6))
+        base = np.array([tip, side * hw * 0.3])
+        mid = base + m.antenna * 0.5 * np.array([np.cos(a), side * np.sin(a)])
+        end = mid + m.antenna * 0.5 * np.array([np.cos(a * 1.6), side * np.sin(a * 1.6)])
+        shapes.append(_line([base, mid, end], dark, max(0.006, m.leg_width * 0.7)))
+    for side in (-1, 1) if m.eyes else ():
+        eye = _ellipse(x + hl * 0.2, side * hw * 0.6, hl * 0.55, hw * 0.45, n=16)
+        shapes.append(_poly(eye, _tone(m.accent, 1.0)))
     return shapes
 
 

@@ -158,6 +158,8 @@ def efficiency_report(
             "supernet: counts every candidate op whose α >= prune threshold "
             f"({_pruned_ops(model)} ops pruned at this θ)"
         )
+    else:
+        report["model"]["scope"] = "fixed network (one op per edge)"
     if genotype is not None and _is_supernet(model):
         fixed = (build_fixed or _fixed_network(model))(genotype)
         report["derived"] = _static_costs(fixed, inputs)

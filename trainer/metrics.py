@@ -20,7 +20,7 @@ Conventions, also written into the result:
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from typing import Any
 
 import numpy as np
@@ -149,6 +149,13 @@ def evaluation_metrics(
             np.asarray(y_true)[mask], np.asarray(y_prob)[mask], class_names, top_k=top_k
         )
     return result
+
+
+def unseen_bin_mask(dna_bins: Sequence[str], training_bins: Container[str]) -> np.ndarray:
+    """True where the dna_bin is empty or never occurs in training."""
+    return np.fromiter(
+        (not b or b not in training_bins for b in dna_bins), dtype=bool, count=len(dna_bins)
+    )
 
 
 def _check(

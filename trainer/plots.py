@@ -95,28 +95,37 @@ def plot_roc_curves(
     return _save(fig, path)
 
 
-def plot_alphas(history: Sequence[Mapping[str, Any]], op_names: Sequence[str], path: Path) -> Path:
-    """α per edge over epochs: one panel per edge (rows = cells), one line per op.
+def plot_alphas(
+    history: Sequence[Mapping[str, Any]], path: Path, op_names: Sequence[str] = ()
+) -> Path:
+    """α per edge over training: one panel per edge (rows = cells), one line per op.
 
-    `history` is the content of alphas.jsonl: [{"epoch": e, "alphas": {edge: [K floats]}}].
+    `history` is the content of alphas.jsonl, one record per snapshot:
+    {"epoch": e, "step": s, "alphas": {edge: {op: α}}} (or {edge: [α in `op_names` order]}).
+    The x axis is the epoch, or the step when several snapshots share an epoch.
     """
-    history = sorted(history, key=lambda r: r["epoch"])
+    history = sorted(history, key=lambda r: (r.get("epoch", 0), r.get("step", 0)))
     edges = list(history[0]["alphas"]) if history else []
+    first = history[0]["alphas"][edges[0]] if edges else []
+    ops = list(op_names)
+    if isinstance(first, Mapping) and not set(first) <= set(ops):
+        ops = list(first)  # logs may sort the ops by name; the registry order reads better
+    x_key = "epoch" if len({r.get("epoch") for r in history}) == len(history) else "step"
+    x = [r.get(x_key, i) for i, r in enumerate(history)]
     grid = _edge_grid(edges)
     rows = max(1, max((r for r, _ in grid.values()), default=0) + 1)
     cols = max(1, max((c for _, c in grid.values()), default=0) + 1)
     fig = _figure(4.0 * cols, 2.6 * rows + 1.0)
     axes = fig.subplots(rows, cols, squeeze=False, sharex=True)
-    epochs = [r["epoch"] for r in history]
-    colours = _op_colours(len(op_names))
+    colours = _op_colours(len(ops))
     for edge, (r, c) in grid.items():
         ax = axes[r][c]
-        values = np.asarray([rec["alphas"][edge] for rec in history], dtype=np.float64)
-        for k, op in enumerate(op_names):
-            ax.plot(epochs, values[:, k], marker="o", markersize=3, color=colours[k], label=op)
+        values = np.asarray([_alpha_row(rec["alphas"][edge], ops) for rec in history])
+        for k, op in enumerate(ops):
+            ax.plot(x, values[:, k], marker="o", markersize=3, color=colours[k], label=op)
         ax.set_title(edge, fontsize=9)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylim(bottom=0.0)
+        _integer_ticks(ax, x)
+        ax.set_ylim(0.0, 1.15 * float(np.nanmax(values)) if values.size else 1.0)
         ax.tick_params(labelsize=7)
     for r in range(rows):
         for c in range(cols):
@@ -127,9 +136,15 @@ def plot_alphas(history: Sequence[Mapping[str, Any]], op_names: Sequence[str], p
     handles, labels = axes[0][0].get_legend_handles_labels()
     if handles:
         fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 5), fontsize=8)
-    fig.supxlabel("epoch")
+    fig.supxlabel(x_key)
     fig.supylabel("α = softmax(θ)")
     return _save(fig, path, rect_top=1.0 - 0.6 / (2.6 * rows + 1.0) if handles else 1.0)
+
+
+def _alpha_row(row: Mapping[str, float] | Sequence[float], ops: Sequence[str]) -> list[float]:
+    if isinstance(row, Mapping):
+        return [float(row.get(op, np.nan)) for op in ops]
+    return [float(a) for a in row]
 
 
 def plot_training_curves(epochs: Sequence[Mapping[str, Any]], path: Path) -> Path:
@@ -149,8 +164,16 @@ def plot_training_curves(epochs: Sequence[Mapping[str, Any]], path: Path) -> Pat
             ax.text(0.5, 0.5, f"no {title} recorded", ha="center", va="center")
         ax.set_title(title)
         ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        _integer_ticks(ax, x)
     return _save(fig, path)
+
+
+def _integer_ticks(ax: Any, x: Sequence[int]) -> None:
+    """A tick at every epoch when there are few, else integer ticks only."""
+    if 0 < len(set(x)) <= 12:
+        ax.set_xticks(sorted(set(x)))
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def _edge_grid(edges: Sequence[str]) -> dict[str, tuple[int, int]]:

@@ -1,0 +1,251 @@
+"""`bionas train DATASET_DIR --out RUN_DIR`: BioAutoML-NAS search training from shards."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+DIR = click.Path(exists=True, file_okay=False, path_type=Path)
+FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+INT1 = click.IntRange(min=1)
+
+
+def parse_batch_size(value: Any) -> int | None:
+    """`auto` -> None (search on CUDA, 32 on CPU); otherwise a positive integer."""
+    if value is None or str(value).strip().lower() == "auto":
+        return None
+    try:
+        size = int(value)
+    except (TypeError, ValueError):
+        raise click.BadParameter(f"{value!r} is neither 'auto' nor a number") from None
+    if size < 1:
+        raise click.BadParameter(f"must be >= 1, got {size}")
+    return size
+
+
+def parse_meta_fields(value: Any) -> tuple[str, ...] | None:
+    """`dna_bin,class` (or a TOML list) -> a tuple; `none` or empty -> no metadata."""
+    if value is None:
+        return None
+    items = value if isinstance(value, list | tuple) else str(value).split(",")
+    fields = tuple(s.strip() for s in items if s.strip())
+    return () if fields in ((), ("none",)) else fields
+
+
+CONVERT = {"batch_size": parse_batch_size, "meta_fields": parse_meta_fields}
+
+
+@click.command("train", context_settings={"max_content_width": 100})
+@click.argument("dataset_dir", type=DIR)
+@click.option(
+    "--out",
+    "run_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="RUN_DIR: config, checkpoints, logs and model.pt go here.",
+)
+@click.option(
+    "--config",
+    "config_file",
+    type=FILE,
+    help="TOML file of options (keys as the long options, e.g. batch_size = 64); "
+    "options given on the command line win.",
+)
+@click.option("--target", help="Field to predict [default: the dataset's target].")
+@click.option(
+    "--meta-fields",
+    help="Comma list of metadata fields, or 'none' [default: fields that cannot "
+    "leak the target: dna_bin plus the ranks above it, e.g. dna_bin,class for order].",
+)
+@click.option(
+    "--allow-target-leakage",
+    is_flag=True,
+    help="Accept metadata fields at or below the target (the paper's setting).",
+)
+@click.option("--epochs", type=INT1, default=10, show_default=True)
+@click.option("--max-steps", type=INT1, help="Stop after this many steps in all (checkpointed).")
+@click.option(
+    "--batch-size",
+    default="auto",
+    show_default=True,
+    help="N, or auto: the largest of 32..512 whose train step fits the GPU (32 on CPU).",
+)
+@click.option(
+    "--gpu-memory-gb",
+    type=float,
+    help="Cap this process's GPU memory, e.g. 12 to emulate an RTX 3060.",
+)
+@click.option("--image-size", type=INT1, default=224, show_default=True)
+@click.option(
+    "--cells",
+    type=INT1,
+    default=5,
+    show_default=True,
+    help="Cells in the image encoder (ignored with --genotype).",
+)
+@click.option("--channels", type=INT1, default=16, show_default=True)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=0),
+    default=4,
+    show_default=True,
+    help="DataLoader worker processes (resume with the same number).",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue RUN_DIR from checkpoints/last.pt with its stored options.",
+)
+@click.option(
+    "--genotype",
+    type=FILE,
+    help="Train this fixed architecture (genotype.json from `bionas derive`) "
+    "instead of searching: every batch updates the weights.",
+)
+@click.option(
+    "--checkpoint-every",
+    type=INT1,
+    help="Also checkpoint every N steps (always at the end of each epoch).",
+)
+@click.option(
+    "--amp/--no-amp", default=None, help="Mixed precision [default: on with CUDA, off on CPU]."
+)
+@click.option(
+    "--amp-dtype",
+    type=click.Choice(["fp16", "bf16"]),
+    help="fp16 with loss scaling (CUDA default, the paper's) or bf16 (CPU --amp).",
+)
+@click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
+)
+@click.option(
+    "--prune-threshold",
+    type=float,
+    default=1e-6,
+    show_default=True,
+    help="Ops whose α is below this are not computed.",
+)
+@click.option(
+    "--dilated",
+    type=click.Choice(["full", "separable"]),
+    default="full",
+    show_default=True,
+    help="Dilated convs as full convs (paper) or separable.",
+)
+@click.option(
+    "--theta-optimizer",
+    type=click.Choice(["adam", "adamw"]),
+    default="adam",
+    show_default=True,
+    help="adam: coupled L2 on θ (paper); adamw: decoupled.",
+)
+@click.option(
+    "--warmup-epochs",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Epochs that update only the weights before the search starts.",
+)
+@click.option(
+    "--arch-data",
+    type=click.Choice(["interleaved", "heldout"]),
+    default="interleaved",
+    show_default=True,
+    help="θ steps on the training stream (paper) or on a held-out slice of train.",
+)
+@click.option(
+    "--meta-dropout",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=0.0,
+    show_default=True,
+    help="Replace each metadata value by unknown with this probability (training only).",
+)
+@click.option(
+    "--shuffle-buffer",
+    type=click.IntRange(min=0),
+    default=1000,
+    show_default=True,
+    help="Samples per worker in the shuffle buffer.",
+)
+@click.option(
+    "--strict",
+    is_flag=True,
+    help="Fail on the first corrupt shard or sample instead of skipping it.",
+)
+@click.option("--quiet", is_flag=True, help="No progress bar or per-epoch lines.")
+@click.pass_context
+def command(ctx: click.Context, dataset_dir: Path, run_dir: Path, config_file: Path | None,
+            **options: Any) -> None:  # fmt: skip
+    """Train BioAutoML-NAS on DATASET_DIR (written by `bionas ingest`) into RUN_DIR.
+
+    Even batches update the weights (AdamW), odd batches the architecture logits θ
+    (Adam), as in the paper's Algorithm 1. Every epoch writes RUN_DIR/checkpoints/last.pt
+    and model.pt; logs go to steps.jsonl, epochs.jsonl and alphas.jsonl.
+
+    \b
+    Examples:
+      bionas train ds/ --out run/
+      bionas train ds/ --out run/ --epochs 30 --gpu-memory-gb 12
+      bionas train ds/ --out run/ --resume              # after a crash or Ctrl-C
+      bionas train ds/ --out small/ --device cpu --image-size 64 --batch-size 16 \\
+             --cells 3 --channels 8 --max-steps 50
+      bionas derive run/ && bionas train ds/ --out fixed/ --genotype run/genotype.json
+      bionas train ds/ --out paper/ --meta-fields dna_bin,class,family \\
+             --allow-target-leakage                     # the paper's leaky setting
+    """
+    from bionas.errors import BionasError
+    from bionas.shards.reader import CorruptDataError
+    from bionas.trainer.checkpoint import stored_config
+    from bionas.trainer.config import TrainConfig, read_toml_options
+    from bionas.trainer.loop import train
+
+    try:
+        given = read_toml_options(config_file) if config_file else {}
+        for name, value in options.items():
+            if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT:
+                given[name] = value
+        given = {k: CONVERT.get(k, lambda v: v)(v) for k, v in given.items()}
+        base = {"dataset_dir": dataset_dir, "run_dir": run_dir}
+        if given.get("resume"):
+            stored = stored_config(run_dir)
+            stored.pop("max_steps", None)  # a run stopped by --max-steps goes on to --epochs
+            base = {**stored, **base}
+        config = TrainConfig.from_dict({**base, **given})
+    except (ValueError, click.BadParameter) as err:
+        raise BionasError(str(err)) from None
+
+    def on_epoch(record: dict) -> None:
+        if not config.quiet:
+            click.echo(epoch_line(record, config.epochs), err=True)
+
+    try:
+        history = train(config, on_epoch=on_epoch)
+    except CorruptDataError as err:
+        raise BionasError(last_line(str(err))) from None
+    click.echo(f"trained {len(history)} epoch(s); run directory: {run_dir}")
+    click.echo(f"next: bionas derive {run_dir} && bionas evaluate {run_dir}")
+
+
+def epoch_line(record: dict, epochs: int) -> str:
+    """One human line per epoch (the full record is in epochs.jsonl)."""
+    parts = [f"epoch {record['epoch']}/{epochs}", f"loss {record['train_loss']:.4f}",
+             f"acc {record['train_acc']:.3f}"]  # fmt: skip
+    if record.get("val_acc") is not None:
+        parts += [f"val_loss {record['val_loss']:.4f}", f"val_acc {record['val_acc']:.3f}"]
+    if record.get("img_per_s"):
+        parts.append(f"{record['img_per_s']:.0f} img/s")
+    if "alpha_entropy_mean" in record:
+        parts.append(
+            f"α entropy {record['alpha_entropy_mean']:.3f}, skip {record['skip_count']}, "
+            f"pruned {record['pruned_ops']}"
+        )
+    return "  ".join(parts)
+
+
+def last_line(message: str) -> str:
+    """A DataLoader worker's error arrives with its traceback; keep the message."""
+    lines = [line for line in message.strip().splitlines() if line.strip()]
+    return lines[-1].split(": ", 1)[-1] if len(lines) > 1 else message

@@ -1,0 +1,255 @@
+"""Evaluation end to end: train a tiny run through the CLI, then derive, evaluate, predict,
+and read the outputs back with independent readers (json, PIL)."""
+
+from __future__ import annotations
+
+import json
+import random
+import tarfile
+from collections import Counter
+
+import numpy as np
+import pytest
+from datasets import make_tiny_dataset, tiny_jpeg  # tests/datasets.py
+
+from bionas.manifests.manifest import load_manifest
+from bionas.manifests.vocab import build_vocab, write_vocab
+from bionas.trainer.evaluate import training_dna_bins
+from bionas.trainer.metrics import unseen_bin_mask
+
+
+def train_bins_from_records(dataset) -> set[str]:
+    """The expected answer, computed the plain way: every train record's dna_bin."""
+    from bionas.shards.reader import read_samples
+
+    manifest = load_manifest(dataset)
+    return {
+        json.loads(s.json)["dna_bin"]
+        for s in read_samples(manifest.shard_paths("train"), shuffle_shards=False)
+    }
+
+
+@pytest.mark.parametrize("compression", ["none", "zstd"])
+def test_training_bins_are_read_from_train_records_when_the_vocab_counted_other_splits(
+    tmp_path, compression
+):
+    dataset = make_tiny_dataset(tmp_path / "ds", n=24, compression=compression)
+    manifest = load_manifest(dataset)
+    # a dna_bin vocabulary counted on train and val, with a val-only bin in it
+    counts = Counter(manifest.vocab("dna_bin").values[1:]) + Counter({"BOLD:VALONLY": 3})
+    write_vocab(
+        build_vocab("dna_bin", counts, counted_splits=("train", "val")), dataset / "manifests"
+    )
+    bins, source = training_dna_bins(load_manifest(dataset), cache_dir=tmp_path / "cache")
+    assert source == "records of the train split"
+    assert bins == train_bins_from_records(dataset)
+    assert "BOLD:VALONLY" not in bins
+    again, source = training_dna_bins(load_manifest(dataset), cache_dir=tmp_path / "cache")
+    assert (again, source) == (bins, "records of the train split (cached)")
+
+
+def test_training_bins_come_from_a_train_only_vocab_without_reading_shards(tmp_path):
+    dataset = make_tiny_dataset(tmp_path / "ds", n=24)
+    for shard in (dataset / "shards" / "train").iterdir():
+        shard.write_bytes(b"not a tar")  # proves the shards are not read
+    bins, source = training_dna_bins(load_manifest(dataset))
+    assert source.startswith("vocab")
+    assert bins == set(load_manifest(dataset).vocab("dna_bin").values[1:])
+
+
+def test_unseen_bin_mask_marks_new_and_empty_bins():
+    mask = unseen_bin_mask(["BOLD:A", "BOLD:NEW", "", "BOLD:B"], {"BOLD:A", "BOLD:B"})
+    assert mask.tolist() == [False, True, True, False]
+    assert unseen_bin_mask([], {"x"}).dtype == np.bool_
+
+
+# --- end to end through the CLI -------------------------------------------------------
+
+N_TRAIN, N_VAL, CLASSES = 48, 12, 4
+TRAIN_ARGS = ["--channels", "4", "--cells", "3", "--image-size", "32", "--max-steps", "6"]
+TRAIN_ARGS += ["--batch-size", "8", "--workers", "0", "--seed", "0"]
+
+
+def invoke(*args):
+    from click.testing import CliRunner
+
+    from bionas.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def records_of(dataset, split) -> list[dict]:
+    """Every record of a split, read with tarfile + json (not bionas's reader)."""
+    out = []
+    for shard in sorted((dataset / "shards" / split).iterdir()):
+        with tarfile.open(shard) as tar:
+            for member in tar.getmembers():
+                if member.name.endswith(".json"):
+                    out.append(json.loads(tar.extractfile(member).read()))
+    return out
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models run faster on one thread than with threads competing on a small CPU."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, one_torch_thread):
+    root = tmp_path_factory.mktemp("e2e")
+    dataset = make_tiny_dataset(root / "ds", n=N_TRAIN, n_val=N_VAL, classes=CLASSES)
+    run = root / "run"
+    result = invoke("train", dataset, "--out", run, *TRAIN_ARGS)
+    assert result.exit_code == 0, result.output
+    return dataset, run
+
+
+def test_derive_writes_the_argmax_op_of_every_edge(trained):
+    _, run = trained
+    result = invoke("derive", run)
+    assert result.exit_code == 0, result.output
+    genotype = json.loads((run / "genotype.json").read_text())
+    assert len(genotype["cells"]) == 3
+    for cell in genotype["cells"]:
+        assert set(cell["edges"]) == {"e1", "e2a", "e2b"}
+        for edge in cell["edges"].values():
+            alphas = edge["alphas"]
+            assert len(alphas) == 10
+            assert sum(alphas.values()) == pytest.approx(1.0, abs=1e-5)
+            assert edge["op"] == max(alphas, key=alphas.get)
+    text = (run / "genotype.txt").read_text()
+    assert text in result.output
+    assert text.count(" -> ") == 9
+
+
+def test_evaluate_writes_metrics_json_and_readable_pngs(trained):
+    from PIL import Image
+
+    dataset, run = trained
+    result = invoke("evaluate", run, "--split", "val", "--latency-runs", "2", "--batch-size", "5")
+    assert result.exit_code == 0, result.output
+    out = run / "eval" / "val"
+    report = json.loads((out / "metrics.json").read_text())
+    val = records_of(dataset, "val")
+    assert report["samples"]["evaluated"] == len(val) == N_VAL
+    assert report["samples"]["unknown_class_samples"] == 0
+    every = report["metrics"]["all"]
+    matrix = np.array(every["confusion_matrix"])
+    assert matrix.sum() == N_VAL
+    assert every["accuracy"] == pytest.approx(np.trace(matrix) / N_VAL)
+    supports = {name: row["support"] for name, row in every["per_class"].items()}
+    assert supports == dict(Counter(r["order"] for r in val))
+    assert report["class_names"] == list(every["per_class"])
+    # every val dna_bin of the tiny dataset also occurs in train
+    train_bins = {r["dna_bin"] for r in records_of(dataset, "train")}
+    unseen = sum(1 for r in val if r["dna_bin"] not in train_bins)
+    assert report["samples"]["unseen_bin"] == report["metrics"]["unseen_bin"]["n_samples"] == unseen
+    eff = report["efficiency"]
+    assert eff["model"]["flops"] == 2 * eff["model"]["macs"] > eff["derived"]["flops"] > 0
+    assert eff["latency_ms"]["cpu"]["median_ms"] > 0
+    for name in ("confusion_matrix", "roc", "alphas", "training_curves"):
+        assert report["plots"][name] == f"{name}.png"
+        with Image.open(out / f"{name}.png") as image:
+            assert image.format == "PNG" and min(image.size) >= 200
+    assert f"{N_VAL} samples evaluated" in result.output
+
+
+def test_evaluate_on_another_dataset_counts_classes_the_model_cannot_know(trained, tmp_path):
+    dataset, run = trained
+    # six orders, two of which (Lepidoptera, Araneae) the run never saw
+    other = make_tiny_dataset(tmp_path / "other", n=12, n_val=24, classes=6, seed=7)
+    out = tmp_path / "eval"
+    result = invoke(
+        "evaluate",
+        run,
+        "--dataset",
+        other,
+        "--split",
+        "val",
+        "--out",
+        out,
+        "--latency-runs",
+        "1",
+        "--workers",
+        "2",
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "metrics.json").read_text())
+    val = records_of(other, "val")
+    known = [r for r in val if r["order"] in report["class_names"]]
+    assert report["cross_dataset"] is True
+    assert report["samples"]["unknown_class_samples"] == len(val) - len(known) == 8
+    assert report["samples"]["unknown_classes"] == {"Araneae": 4, "Lepidoptera": 4}
+    assert report["metrics"]["all"]["n_samples"] == len(known)
+    # unseen BINs are judged against the run's own training data, not the other dataset's
+    train_bins = {r["dna_bin"] for r in records_of(dataset, "train")}
+    assert report["samples"]["unseen_bin"] == sum(r["dna_bin"] not in train_bins for r in known)
+
+
+def test_evaluate_refuses_a_missing_split_cleanly(trained):
+    _, run = trained
+    result = invoke("evaluate", run, "--split", "test")
+    assert result.exit_code == 1
+    assert "'test'" in result.output and "Traceback" not in result.output
+
+
+def test_predict_prints_top_k_classes_as_json(trained, tmp_path):
+    _, run = trained
+    image = tmp_path / "specimen.jpg"
+    image.write_bytes(tiny_jpeg(0, 32, random.Random(0)))
+    args = ["predict", run, image, image, "--meta", "dna_bin=BOLD:A01", "--meta", "class=Nope"]
+    result = invoke(*args, "--top-k", "3")
+    assert result.exit_code == 0, result.output
+    body = json.loads(result.stdout)
+    config = json.loads((run / "config.json").read_text())
+    assert len(body["predictions"]) == 2
+    for prediction in body["predictions"]:
+        top = prediction["top_k"]
+        probabilities = [t["probability"] for t in top]
+        assert len(top) == 3 and probabilities == sorted(probabilities, reverse=True)
+        assert 0 < sum(probabilities) <= 1 + 1e-6
+        assert {t["class"] for t in top} <= set(config["class_names"])
+    assert body["meta"]["dna_bin"]["known"] is True
+    assert body["meta"]["class"] == {"value": "Nope", "index": 0, "known": False}
+
+
+def test_predict_errors_name_the_problem_without_a_traceback(trained, tmp_path):
+    _, run = trained
+    not_image = tmp_path / "notes.jpg"
+    not_image.write_text("not a jpeg")
+    cases = [
+        ([not_image], "not an image"),
+        ([tmp_path / "missing.jpg"], "cannot read image"),
+        ([not_image, "--meta", "order=Diptera"], "allowed: dna_bin, class"),
+        ([not_image, "--meta", "dna_bin"], "FIELD=VALUE"),
+    ]
+    for args, message in cases:
+        result = invoke("predict", run, *args)
+        assert result.exit_code == 1, result.output
+        assert message in result.output
+        assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("cut", ["mid-member", "member-boundary"])
+def test_evaluate_counts_what_a_truncated_shard_loses(trained, tmp_path, cut):
+    _, run = trained
+    other = make_tiny_dataset(tmp_path / "other", n=8, n_val=12, classes=CLASSES)
+    (shard,) = (other / "shards" / "val").iterdir()
+    data = shard.read_bytes()
+    half = len(data) // 2 // 512 * 512  # tar members start on 512-byte blocks
+    shard.write_bytes(data[: half + (700 if cut == "mid-member" else 0)])
+    out = tmp_path / "eval"
+    result = invoke("evaluate", run, "--dataset", other, "--split", "val", "--out", out)
+    assert result.exit_code == 0, result.output
+    samples = json.loads((out / "metrics.json").read_text())["samples"]
+    assert 0 < samples["evaluated"] < 12
+    if cut == "mid-member":
+        assert samples["skipped"]["broken shards"] == 1
+    lost = samples["in_split"] - samples["evaluated"] - samples["unknown_class_samples"]
+    assert samples["not_read"] + samples["skipped"].get("incomplete samples", 0) == lost

@@ -1,0 +1,136 @@
+"""Adaptive batch size (Sec. III-B.2): the largest batch in 32…512 whose train step fits.
+
+The search is a pure function of a probe `fits(batch_size) -> bool`, so it is tested on
+CPU with fake probes; on CUDA the probe runs a real w step and a real θ step at full size
+(forward, backward, optimiser step, so optimiser state and both update kinds count), maps
+`torch.OutOfMemoryError` to False, then restores the model.
+
+Scheme: double from 32 while the step fits (32, 64, 128, 256, 512); after the first
+failure, binary-search the gap on multiples of 8. Given a monotone probe the result is the
+largest multiple of 8 that fits (or the largest power-of-two step when all fit, 512).
+At most 10 probes (5 doublings, then at most 5 halvings of a gap of 32 multiples).
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from bionas.errors import BionasError
+
+log = logging.getLogger(__name__)
+
+MIN_BATCH = 32
+MAX_BATCH = 512
+MULTIPLE = 8  # sizes tried between powers of two
+CPU_DEFAULT_BATCH = 32  # --batch-size auto on CPU: no memory to probe, a sane default
+
+
+def search_batch_size(
+    fits: Callable[[int], bool],
+    low: int = MIN_BATCH,
+    high: int = MAX_BATCH,
+    multiple: int = MULTIPLE,
+) -> int:
+    """The largest batch in [low, high] for which `fits` holds (see the module docstring)."""
+    low = min(low, high)
+    if not fits(low):
+        raise BionasError(
+            f"a train step with batch size {low} does not fit in the memory budget; "
+            "lower --image-size, --channels or --cells, use --dilated separable, "
+            "raise --gpu-memory-gb, or pass a smaller --batch-size"
+        )
+    good, size = low, low
+    while size < high:
+        size = min(size * 2, high)
+        if not fits(size):
+            break
+        good = size
+    else:
+        return good
+    lo, hi = good // multiple, -(-size // multiple)  # search (good, size) on multiples
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if mid * multiple >= size:
+            hi = mid
+        elif fits(mid * multiple):
+            lo = mid
+        else:
+            hi = mid
+    return max(good, lo * multiple)
+
+
+def restoring_probe(model: nn.Module, run_step: Callable[[int], None]) -> Callable[[int], bool]:
+    """A probe that runs `run_step(batch_size)`, reports whether it ran out of memory,
+    and puts back the model's parameters and buffers either way."""
+    saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def fits(batch_size: int) -> bool:
+        out_of_memory = False
+        try:
+            run_step(batch_size)
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+        except RuntimeError as err:  # torch.OutOfMemoryError, or cuDNN/cuBLAS failing to allocate
+            if not is_out_of_memory(err):
+                raise
+            out_of_memory = True  # leave the except block first, so its frames are freed
+        model.zero_grad(set_to_none=True)
+        model.load_state_dict(saved)
+        release_cached_memory()
+        log.info("batch size %d %s", batch_size, "does not fit" if out_of_memory else "fits")
+        return not out_of_memory
+
+    return fits
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    if isinstance(err, torch.OutOfMemoryError):
+        return True
+    text = str(err)
+    return "out of memory" in text.lower() or "ALLOC_FAILED" in text
+
+
+def release_cached_memory() -> None:
+    """Between epochs and after a probe: collect garbage and empty the CUDA cache."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def memory_fraction(gpu_memory_gb: float, total_bytes: int) -> float:
+    """The share of a device's memory that `gpu_memory_gb` GiB is (at most 1)."""
+    return min(1.0, gpu_memory_gb * 2**30 / total_bytes)
+
+
+def cap_gpu_memory(gpu_memory_gb: float, device: torch.device) -> float:
+    """Cap this process's CUDA memory (e.g. 12 to emulate an RTX 3060); returns the fraction."""
+    total = torch.cuda.get_device_properties(device).total_memory
+    fraction = memory_fraction(gpu_memory_gb, total)
+    if fraction >= 1.0:
+        log.warning(
+            "--gpu-memory-gb %.1f is not below the device's %.1f GiB; no cap applied",
+            gpu_memory_gb,
+            total / 2**30,
+        )
+        return 1.0
+    torch.cuda.set_per_process_memory_fraction(fraction, device)
+    return fraction
+
+
+def choose_batch_size(
+    requested: int | None,
+    device: torch.device,
+    fits: Callable[[int], bool] | None,
+    samples_per_rank: int,
+) -> int:
+    """A fixed `requested` size, the CPU default, or the CUDA search (capped by the data)."""
+    if requested is not None:
+        return requested
+    if device.type != "cuda" or fits is None:
+        return min(CPU_DEFAULT_BATCH, max(samples_per_rank, 1))
+    return search_batch_size(fits, MIN_BATCH, max(1, min(MAX_BATCH, samples_per_rank)))

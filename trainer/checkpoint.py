@@ -1,0 +1,188 @@
+"""Checkpoints: `RUN_DIR/checkpoints/last.pt`, written atomically, read with weights_only.
+
+A checkpoint holds only tensors and plain containers (dicts, lists, str, numbers), so
+`torch.load(..., weights_only=True)` reads it without unpickling code: model state (w
+and θ), both optimisers, both loss scalers, the training position (epoch, batch within
+the epoch, global step, and the data streams' positions), the history, partial sums of
+the epoch in progress, RNG states (python, numpy, torch, cuda), the config and the
+vocabularies' sha256.
+
+Resuming is exact on CPU: the data stream is a function of (seed, epoch) and can skip
+the batches already used (see `bionas.trainer.data.StreamPosition`), and the RNG states
+are those of the moment the checkpoint was taken.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from bionas.errors import BionasError
+from bionas.trainer.config import TrainConfig
+from bionas.trainer.data import StreamPosition
+from bionas.trainer.run import CHECKPOINT
+
+FORMAT = "bionas.checkpoint/1"
+
+
+@dataclass
+class TrainState:
+    """Where training is: what a checkpoint restores besides model and optimisers."""
+
+    epoch: int = 0  # the epoch in progress, 0-based
+    batch: int = 0  # batches done in it
+    step: int = 0  # steps done in the whole run
+    history: list[dict[str, Any]] = field(default_factory=list)  # one record per epoch
+    totals: dict[str, float] = field(default_factory=dict)  # running sums of this epoch
+    main: StreamPosition = field(default_factory=StreamPosition)  # this epoch's stream
+    arch: StreamPosition | None = None  # the persistent held-out stream of θ steps
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "batch": self.batch,
+            "step": self.step,
+            "history": self.history,
+            "totals": dict(self.totals),
+            "main": self.main.to_dict(),
+            "arch": None if self.arch is None else self.arch.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainState:
+        arch = data.get("arch")
+        return cls(
+            epoch=int(data["epoch"]),
+            batch=int(data["batch"]),
+            step=int(data["step"]),
+            history=list(data["history"]),
+            totals=dict(data["totals"]),
+            main=StreamPosition.from_dict(data["main"]),
+            arch=None if arch is None else StreamPosition.from_dict(arch),
+        )
+
+
+def capture_rng() -> dict[str, Any]:
+    """Every RNG's state as tensors and plain values (weights_only-loadable)."""
+    version, mt_state, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "python": [version, list(mt_state), gauss],
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    version, mt_state, gauss = state["python"]
+    random.setstate((version, tuple(mt_state), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    """Write atomically: a temporary file, fsync, rename, fsync the directory."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as handle:
+        torch.save({"format": FORMAT, **payload}, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint without unpickling code; a clear error when it is not one."""
+    path = Path(path)
+    if not path.exists():
+        raise BionasError(
+            f"cannot resume: {path} does not exist (no checkpoint was written yet; "
+            "start without --resume)"
+        )
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises many types for a damaged or foreign file
+        raise BionasError(f"cannot read checkpoint {path}: {err}") from err
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise BionasError(f"{path} is not a bionas checkpoint ({FORMAT})")
+    return payload
+
+
+def checkpoint_payload(
+    model: nn.Module, stateful: Mapping[str, Any], state: TrainState, **extra: Any
+) -> dict[str, Any]:
+    """Model, every object with a state_dict (optimisers, scalers; None allowed), the
+    training state and the RNG states, plus `extra` plain values (config, batch size, …)."""
+    payload: dict[str, Any] = {
+        "model": model.state_dict(),
+        "state": state.to_dict(),
+        "rng": capture_rng(),
+        **extra,
+    }
+    for name, obj in stateful.items():
+        payload[name] = None if obj is None else obj.state_dict()
+    return payload
+
+
+def restore_checkpoint(
+    payload: Mapping[str, Any], model: nn.Module, stateful: Mapping[str, Any]
+) -> TrainState:
+    """Put model, optimisers, scalers and RNGs back; returns the training state."""
+    model.load_state_dict(payload["model"])
+    for name, obj in stateful.items():
+        if obj is not None and payload.get(name):  # a disabled scaler saved {}
+            obj.load_state_dict(payload[name])
+    restore_rng(payload["rng"])
+    return TrainState.from_dict(payload["state"])
+
+
+def refuse_overwrite(path: Path) -> None:
+    """A fresh run must not silently replace a resumable one."""
+    if path.exists():
+        raise BionasError(
+            f"{path.parent.parent} already holds a run ({path.name}); pass --resume to "
+            "continue it, or choose another --out"
+        )
+
+
+def load_for_resume(
+    path: Path, config: TrainConfig, vocab_sha256: Mapping[str, str]
+) -> dict[str, Any]:
+    """The checkpoint to resume from; refused when options or vocabularies changed."""
+    payload = load_checkpoint(path)
+    changed = config.differences(TrainConfig.from_dict(payload["config"]))
+    if changed:
+        listed = ", ".join(f"{k}={new!r} (was {old!r})" for k, (new, old) in changed.items())
+        raise BionasError(
+            f"cannot resume {config.run_dir}: options differ from the checkpointed run: "
+            f"{listed}. Pass the original options, or start a new run with another --out."
+        )
+    if payload["vocab_sha256"] != dict(vocab_sha256):
+        raise BionasError(
+            f"cannot resume {config.run_dir}: the dataset's vocabularies changed since the "
+            "checkpoint, so class and metadata indices would mean something else"
+        )
+    return payload
+
+
+def stored_config(run_dir: Path) -> dict[str, Any]:
+    """The options a run was checkpointed with (what `--resume` continues with)."""
+    return dict(load_checkpoint(Path(run_dir) / CHECKPOINT)["config"])

@@ -1,0 +1,230 @@
+"""`TrainConfig`: every option of `bionas train`, validated once, then passed down.
+
+Defaults are the paper's (Sec. III-B, Algorithm 1) where it gives a number; `None` means
+"decide from the device or the dataset" (target, metadata fields, batch size, AMP). The
+paper does not state an epoch count; 10 is ours.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tomllib
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bionas.errors import BionasError
+
+THETA_OPTIMIZERS = ("adam", "adamw")
+ARCH_DATA = ("interleaved", "heldout")
+AMP_DTYPES = ("fp16", "bf16")
+DEVICES = ("auto", "cpu", "cuda")
+DILATED = ("full", "separable")
+
+# Options that may change when a run is resumed; any other difference is refused, since
+# the continued run would no longer be the run that was checkpointed.
+RESUMABLE_OVERRIDES = frozenset(
+    {
+        "epochs",
+        "max_steps",
+        "checkpoint_every",
+        "quiet",
+        "strict",
+        "resume",
+        "dataset_dir",
+        "run_dir",
+    }
+)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    dataset_dir: Path
+    run_dir: Path
+    target: str | None = None  # None: the manifest's target
+    meta_fields: tuple[str, ...] | None = None  # None: the leakage guard's default
+    allow_target_leakage: bool = False
+    epochs: int = 10
+    max_steps: int | None = None
+    batch_size: int | None = None  # None: auto (search on CUDA, 32 on CPU)
+    gpu_memory_gb: float | None = None
+    image_size: int = 224
+    cells: int = 5
+    channels: int = 16
+    embed_dim: int = 256
+    meta_embed_dim: int = 32
+    dropout: float = 0.2
+    fusion: str = "concat"
+    dilated: str = "full"
+    prune_threshold: float = 1e-6
+    genotype: Path | None = None  # train this fixed architecture instead of searching
+    workers: int = 4
+    seed: int = 0
+    shuffle_buffer: int = 1000
+    checkpoint_every: int | None = None  # steps; a checkpoint is also written every epoch
+    resume: bool = False
+    device: str = "auto"
+    amp: bool | None = None  # None: on with CUDA, off on CPU
+    amp_dtype: str | None = None  # None: fp16 + loss scaling on CUDA (paper), bf16 on CPU
+    lr_w: float = 1e-3  # AdamW on w
+    weight_decay_w: float = 1e-4
+    lr_theta: float = 3e-4  # Adam on θ
+    weight_decay_theta: float = 1e-3
+    theta_optimizer: str = "adam"  # "adamw": decoupled weight decay on θ
+    grad_clip: float = 1.0
+    label_smoothing: float = 0.1
+    warmup_epochs: int = 0  # epochs of weight-only steps before the search starts
+    arch_data: str = "interleaved"
+    heldout_fraction: float = 0.1  # share of train read by θ steps with arch_data=heldout
+    meta_dropout: float = 0.0
+    val_split: str = "val"
+    strict: bool = False
+    quiet: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("dataset_dir", "run_dir", "genotype"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Path):
+                object.__setattr__(self, name, Path(value))
+        if self.meta_fields is not None:
+            object.__setattr__(self, "meta_fields", tuple(self.meta_fields))
+        _validate(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: paths as strings, tuples as lists."""
+        out = asdict(self)
+        for key, value in out.items():
+            if isinstance(value, Path):
+                out[key] = str(value)
+            elif isinstance(value, tuple):
+                out[key] = list(value)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def differences(self, other: TrainConfig) -> dict[str, tuple[Any, Any]]:
+        """Options that differ, except those a resumed run may change."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        return {
+            k: (mine[k], theirs[k])
+            for k in mine
+            if k not in RESUMABLE_OVERRIDES and mine[k] != theirs[k]
+        }
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+def _validate(c: TrainConfig) -> None:
+    positive = ("epochs", "image_size", "cells", "channels", "embed_dim", "meta_embed_dim")
+    for name in positive:
+        _check(getattr(c, name) >= 1, f"--{_flag(name)} must be >= 1, got {getattr(c, name)}")
+    for name in ("max_steps", "batch_size", "checkpoint_every"):
+        value = getattr(c, name)
+        _check(value is None or value >= 1, f"--{_flag(name)} must be >= 1, got {value}")
+    _check(c.workers >= 0, f"--workers must be >= 0, got {c.workers}")
+    _check(c.shuffle_buffer >= 0, f"--shuffle-buffer must be >= 0, got {c.shuffle_buffer}")
+    _check(c.warmup_epochs >= 0, f"--warmup-epochs must be >= 0, got {c.warmup_epochs}")
+    _check(
+        c.gpu_memory_gb is None or c.gpu_memory_gb > 0,
+        f"--gpu-memory-gb must be > 0, got {c.gpu_memory_gb}",
+    )
+    _check(0.0 <= c.meta_dropout < 1.0, f"--meta-dropout must be in [0, 1), got {c.meta_dropout}")
+    _check(0.0 <= c.dropout < 1.0, f"--dropout must be in [0, 1), got {c.dropout}")
+    _check(
+        0.0 < c.heldout_fraction < 1.0,
+        f"--heldout-fraction must be in (0, 1), got {c.heldout_fraction}",
+    )
+    _check(0.0 <= c.label_smoothing < 1.0, "--label-smoothing must be in [0, 1)")
+    _check(c.grad_clip > 0, f"--grad-clip must be > 0, got {c.grad_clip}")
+    _check(c.prune_threshold >= 0, "--prune-threshold must be >= 0")
+    for name, choices in (
+        ("theta_optimizer", THETA_OPTIMIZERS),
+        ("arch_data", ARCH_DATA),
+        ("device", DEVICES),
+        ("dilated", DILATED),
+    ):
+        value = getattr(c, name)
+        _check(value in choices, f"--{_flag(name)} must be one of {choices}, got {value!r}")
+    _check(
+        c.amp_dtype is None or c.amp_dtype in AMP_DTYPES,
+        f"--amp-dtype must be one of {AMP_DTYPES}, got {c.amp_dtype!r}",
+    )
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def read_toml_options(path: Path) -> dict[str, Any]:
+    """Options from a TOML file: keys are option names (`batch_size` or `batch-size`)."""
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as err:
+        raise ValueError(f"cannot read config file {path}: {err}") from err
+    data = data.get("train", data)  # a [train] table or top-level keys
+    known = {f.name for f in fields(TrainConfig)} - {"dataset_dir", "run_dir", "resume"}
+    options = {k.replace("-", "_"): v for k, v in data.items()}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ValueError(
+            f"{path}: unknown option(s) {unknown}; known options: {', '.join(sorted(known))}"
+        )
+    return options
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto`: CUDA when available, else CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise BionasError("--device cuda was asked for, but torch sees no CUDA device")
+    return torch.device(name)
+
+
+@dataclass(frozen=True)
+class Amp:
+    """Mixed precision as resolved for a device.
+
+    CUDA default: fp16 autocast + dynamic loss scaling, one GradScaler per optimiser (the
+    paper's NVIDIA AMP setting); `--amp-dtype bf16` uses bf16 autocast without scaling
+    (bf16 has fp32's exponent range). CPU: `--amp` means bf16 autocast; off by default.
+    """
+
+    enabled: bool
+    dtype: torch.dtype
+    device_type: str
+
+    @property
+    def loss_scaling(self) -> bool:
+        return self.enabled and self.dtype == torch.float16
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if not self.enabled:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"enabled": self.enabled, "dtype": str(self.dtype).removeprefix("torch.")}
+
+
+def resolve_amp(config: TrainConfig, device: torch.device) -> Amp:
+    enabled = config.amp if config.amp is not None else device.type == "cuda"
+    if not enabled:
+        return Amp(False, torch.float32, device.type)
+    if device.type != "cuda":
+        if config.amp_dtype == "fp16":
+            raise BionasError("--amp-dtype fp16 needs CUDA; on CPU --amp uses bf16")
+        return Amp(True, torch.bfloat16, device.type)
+    if config.amp_dtype == "bf16":
+        if not torch.cuda.is_bf16_supported():
+            raise BionasError("this GPU does not support bf16; use --amp-dtype fp16")
+        return Amp(True, torch.bfloat16, "cuda")
+    return Amp(True, torch.float16, "cuda")

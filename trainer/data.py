@@ -1,0 +1,438 @@
+"""Training data: decode, transform and batch the raw samples of `bionas.shards.reader`.
+
+Decoding is our own and safe: the record with `decode_record` (JSON), the image with PIL.
+Strings become indices through the dataset's vocabularies: the label is
+`target_vocab.lookup(value) - 1` (classes are the target vocabulary without `<unk>`; a
+sample without a known class is skipped and counted), each metadata field its vocabulary
+index (0 = unknown).
+
+`BatchStream` yields whole batches from each DataLoader worker, and a known number of
+them: every epoch gives exactly `num_batches` batches per rank (a worker whose shards run
+out wraps into the next shard permutation), so every rank of a distributed run takes the
+same number of steps. Batch i of an epoch always comes from logical worker i % W, and
+every batch carries its worker's position in the raw stream (`WorkerState.cursor`), so a
+run resumed at batch k rebuilds the same stream by skipping raw samples without decoding
+them (see `StreamPosition`).
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from bionas.errors import BionasError
+from bionas.manifests.manifest import Manifest
+from bionas.manifests.vocab import Vocab
+from bionas.shards.format import decode_record
+from bionas.shards.reader import CorruptDataError, RawSample, ReadStats, Slot, read_samples
+from bionas.trainer.config import TrainConfig
+
+# RGB mean/std of the cropped BIOSCAN-5M images (SPEC §3).
+BIOSCAN_MEAN = (0.7628, 0.7650, 0.7637)
+BIOSCAN_STD = (0.1421, 0.1564, 0.1731)
+_MEAN = torch.tensor(BIOSCAN_MEAN).view(3, 1, 1)
+_STD = torch.tensor(BIOSCAN_STD).view(3, 1, 1)
+# What a damaged JPEG or JSON record raises while decoding.
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+def preprocess_image(image: Image.Image | bytes, image_size: int = 224) -> Tensor:
+    """JPEG bytes or a PIL image -> normalised float tensor [3, S, S]: resize the shorter
+    side to S, centre-crop S x S, scale to [0, 1], normalise with the BIOSCAN mean/std."""
+    if isinstance(image, bytes | bytearray | memoryview):
+        image = Image.open(io.BytesIO(image))
+        image.draft("RGB", (image_size, image_size))  # JPEG DCT scaling, both sides >= S
+    image = image.convert("RGB")  # decodes now: a truncated JPEG raises here
+    width, height = image.size
+    scale = image_size / min(width, height)
+    size = (max(image_size, round(width * scale)), max(image_size, round(height * scale)))
+    image = image.resize(size, Image.Resampling.BILINEAR)
+    left, top = (size[0] - image_size) // 2, (size[1] - image_size) // 2
+    image = image.crop((left, top, left + image_size, top + image_size))
+    pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
+    return (pixels.float() / 255.0 - _MEAN) / _STD
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """How a record becomes a label and metadata indices."""
+
+    target_vocab: Vocab
+    meta_vocabs: tuple[Vocab, ...] = ()
+
+    @property
+    def target(self) -> str:
+        return self.target_vocab.field
+
+    @property
+    def meta_fields(self) -> tuple[str, ...]:
+        return tuple(v.field for v in self.meta_vocabs)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.target_vocab) - 1
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.target_vocab.values[1:])
+
+    @property
+    def vocabs(self) -> dict[str, Vocab]:
+        return {v.field: v for v in (*self.meta_vocabs, self.target_vocab)}
+
+    def label(self, record: Mapping[str, Any]) -> int:
+        """Class index, or -1 when the record has no known class."""
+        return self.target_vocab.lookup(_raw(record.get(self.target))) - 1
+
+    def meta(self, record: Mapping[str, Any]) -> list[int]:
+        return [v.lookup(_raw(record.get(v.field))) for v in self.meta_vocabs]
+
+
+def _raw(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def load_encoding(manifest: Manifest, target: str, meta_fields: Sequence[str]) -> Encoding:
+    """The vocabularies in force, refusing any whose sha256 differs from the manifest's."""
+    recorded = manifest.body.get("vocabs", {})
+
+    def load(field_name: str) -> Vocab:
+        if field_name not in recorded:
+            known = ", ".join(sorted(recorded)) or "none"
+            raise BionasError(
+                f"{manifest.root}: no vocabulary for field {field_name!r} in manifest.json "
+                f"(fields with vocabularies: {known})"
+            )
+        try:
+            vocab = manifest.vocab(field_name)
+        except (OSError, ValueError) as err:
+            raise BionasError(f"cannot load the {field_name!r} vocabulary: {err}") from err
+        expected = recorded[field_name]["sha256"]
+        if vocab.sha256 != expected:
+            raise BionasError(
+                f"{manifest.vocab_path(field_name)} has sha256 {vocab.sha256[:12]}… but "
+                f"manifest.json records {expected[:12]}…: the vocabulary was changed after "
+                "the manifest was written. Regenerate it with `bionas vocab` (which updates "
+                "the manifest) or restore the original file."
+            )
+        return vocab
+
+    hint = (
+        f"build one with `bionas vocab METADATA.csv --out {manifest.root} --target {target}` "
+        f"(the dataset's target is {manifest.target!r})"
+    )
+    if target not in recorded:
+        raise BionasError(f"{manifest.root} has no target vocabulary for {target!r}; {hint}")
+    target_vocab = load(target)
+    if target_vocab.role != "target":
+        raise BionasError(
+            f"{manifest.vocab_path(target)} is a feature vocabulary, not a target one "
+            f"(no 'Other' bucket, feature min-count); {hint}"
+        )
+    if len(target_vocab) < 3:
+        raise BionasError(f"target {target!r} has fewer than 2 classes in {manifest.root}")
+    return Encoding(target_vocab, tuple(load(f) for f in meta_fields))
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """Selects a fixed slice of samples by a hash of the processid: the same fraction of
+    every class in expectation, the same samples in every epoch and on every machine."""
+
+    fraction: float
+    inside: bool
+
+    def __call__(self, key: str) -> bool:
+        return (zlib.crc32(key.encode()) % 10_000 < self.fraction * 10_000) == self.inside
+
+
+@dataclass
+class WorkerState:
+    """Where a worker is in its raw stream, and what it skipped so far."""
+
+    cursor: int = 0  # raw samples consumed (decoded or skipped)
+    corrupt: int = 0  # samples whose JPEG or JSON failed to decode
+    unknown_class: int = 0  # samples with no known target class
+    broken_shards: int = 0
+    incomplete: int = 0  # samples missing a member
+
+    def to_dict(self) -> dict[str, int]:
+        return dict(vars(self))
+
+
+@dataclass
+class StreamPosition:
+    """How far the main process has consumed a BatchStream: enough to resume it exactly."""
+
+    batches: int = 0
+    workers: dict[int, WorkerState] = field(default_factory=dict)
+
+    def advance(self, batch: Batch) -> None:
+        self.batches += 1
+        self.workers[batch.worker] = batch.state
+
+    def skipped(self) -> dict[str, int]:
+        totals: dict[str, int] = {}
+        for state in self.workers.values():
+            for key, value in state.to_dict().items():
+                if key != "cursor":
+                    totals[key] = totals.get(key, 0) + value
+        return totals
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "batches": self.batches,
+            "workers": {str(w): s.to_dict() for w, s in self.workers.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> StreamPosition:
+        workers = {int(w): WorkerState(**s) for w, s in data["workers"].items()}
+        return cls(int(data["batches"]), workers)
+
+
+@dataclass(frozen=True)
+class Batch:
+    images: Tensor  # float [B, 3, S, S]
+    meta: Tensor  # long [B, F]
+    labels: Tensor  # long [B]
+    keys: tuple[str, ...]  # processids
+    worker: int  # logical worker that produced it
+    state: WorkerState  # that worker's state after it
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def pin_memory(self) -> Batch:  # called by DataLoader(pin_memory=True)
+        return replace(
+            self,
+            images=self.images.pin_memory(),
+            meta=self.meta.pin_memory(),
+            labels=self.labels.pin_memory(),
+        )
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """What one rank reads: `num_batches=None` reads until the data ends (`passes=1`,
+    last batch may be short) or forever (`passes=None`)."""
+
+    shards: tuple[Path, ...]
+    batch_size: int
+    image_size: int = 224
+    seed: int = 0
+    epoch: int = 0
+    rank: int = 0
+    world_size: int = 1
+    num_batches: int | None = None
+    passes: int | None = None
+    shuffle: bool = True
+    shuffle_buffer: int = 1000
+    keep: HeldOut | None = None
+    meta_dropout: float = 0.0  # train only: each metadata index -> 0 with this probability
+    strict: bool = False
+
+
+def batches_before(n: int, worker: int, num_workers: int) -> int:
+    """How many of batches 0..n-1 come from `worker` (batch i is worker i % num_workers)."""
+    return (n - worker + num_workers - 1) // num_workers
+
+
+class BatchStream(IterableDataset):
+    """Batches of (images, meta, labels) for one rank; see the module docstring."""
+
+    def __init__(
+        self, spec: StreamSpec, encoding: Encoding, start: StreamPosition | None = None
+    ) -> None:
+        super().__init__()
+        self.spec = spec
+        self.encoding = encoding
+        self.start = start or StreamPosition()
+
+    def __iter__(self) -> Iterator[Batch]:
+        info = get_worker_info()
+        loader_worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
+        # Rotate so that the first batch after a resume comes from the worker whose turn
+        # it was: batch i of the epoch is always logical worker i % num_workers.
+        logical = (loader_worker + self.start.batches) % num_workers
+        spec = self.spec
+        done = batches_before(self.start.batches, logical, num_workers)
+        todo = None
+        if spec.num_batches is not None:
+            todo = batches_before(spec.num_batches, logical, num_workers) - done
+        state = replace(self.start.workers.get(logical, WorkerState()))
+        stats = ReadStats(strict=spec.strict)
+        raw = read_samples(
+            spec.shards,
+            slot=Slot(spec.rank, spec.world_size, logical, num_workers),
+            seed=spec.seed,
+            epoch=spec.epoch,
+            passes=spec.passes,
+            shuffle_shards=spec.shuffle,
+            shuffle_buffer=spec.shuffle_buffer if spec.shuffle else 0,
+            keep=spec.keep,
+            stats=stats,
+        )
+        # Resume: skip what this worker consumed before, without decoding it.
+        raw = itertools.islice(raw, state.cursor, None)
+        for index in itertools.count(done):
+            if todo is not None and index - done >= todo:
+                return
+            items = self._collect(raw, state)
+            if not items:
+                return
+            state.broken_shards, state.incomplete = stats.broken_shards, stats.incomplete_samples
+            yield self._batch(items, logical, index, replace(state))
+            if len(items) < spec.batch_size:
+                return
+
+    def _collect(self, raw: Iterator[RawSample], state: WorkerState) -> list[tuple]:
+        items = []
+        for sample in raw:
+            state.cursor += 1
+            try:
+                record = decode_record(sample.json)
+                label = self.encoding.label(record)
+                if label < 0:
+                    state.unknown_class += 1
+                    continue
+                image = preprocess_image(sample.jpg, self.spec.image_size)
+            except DECODE_ERRORS as err:
+                if self.spec.strict:
+                    raise CorruptDataError(
+                        f"{sample.shard}: sample {sample.key}: {err} "
+                        "(remove --strict to skip and count instead)"
+                    ) from err
+                state.corrupt += 1
+                continue
+            items.append((image, self.encoding.meta(record), label, sample.key))
+            if len(items) == self.spec.batch_size:
+                break
+        return items
+
+    def _batch(self, items: list[tuple], logical: int, index: int, state: WorkerState) -> Batch:
+        spec = self.spec
+        meta = torch.tensor([m for _, m, _, _ in items], dtype=torch.long).view(len(items), -1)
+        if spec.meta_dropout > 0 and meta.numel():
+            rng = np.random.default_rng([spec.seed, spec.epoch, spec.rank, logical, index, 0xD20])
+            drop = torch.from_numpy(rng.random(tuple(meta.shape)) < spec.meta_dropout)
+            meta = meta.masked_fill(drop, 0)
+        return Batch(
+            images=torch.stack([image for image, _, _, _ in items]),
+            meta=meta,
+            labels=torch.tensor([label for _, _, label, _ in items], dtype=torch.long),
+            keys=tuple(key for _, _, _, key in items),
+            worker=logical,
+            state=state,
+        )
+
+
+def batches_per_epoch(num_samples: int, batch_size: int, world_size: int = 1) -> int:
+    """Full batches per rank in one pass over `num_samples` (the rest is dropped)."""
+    count = (num_samples // world_size) // batch_size
+    if count < 1:
+        raise BionasError(
+            f"the training data has {num_samples} samples, fewer than one batch of "
+            f"{batch_size} per rank ({world_size} rank(s)); lower --batch-size"
+        )
+    return count
+
+
+def make_loader(dataset: BatchStream, workers: int, *, pin_memory: bool = False) -> DataLoader:
+    """A DataLoader over whole batches; it never touches the global torch RNG (its own
+    generator), so creating one does not change the training randomness."""
+    return DataLoader(
+        dataset,
+        batch_size=None,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        generator=torch.Generator().manual_seed(dataset.spec.seed),
+        prefetch_factor=2 if workers else None,
+    )
+
+
+def train_spec(
+    config: TrainConfig,
+    shards: Sequence[Path],
+    batch_size: int,
+    epoch: int,
+    num_batches: int | None,
+    *,
+    heldout: bool = False,
+) -> StreamSpec:
+    """One epoch of train for w steps (the part outside the held-out slice if `heldout`);
+    it wraps into the next shard permutation rather than run short."""
+    return StreamSpec(
+        shards=tuple(shards),
+        batch_size=batch_size,
+        image_size=config.image_size,
+        seed=config.seed,
+        epoch=epoch,
+        num_batches=num_batches,
+        passes=None,
+        shuffle_buffer=config.shuffle_buffer,
+        keep=HeldOut(config.heldout_fraction, inside=False) if heldout else None,
+        meta_dropout=config.meta_dropout,
+        strict=config.strict,
+    )
+
+
+def arch_spec(config: TrainConfig, shards: Sequence[Path], batch_size: int) -> StreamSpec:
+    """The held-out slice of train for θ steps, endless (one persistent iterator)."""
+    spec = train_spec(config, shards, batch_size, 0, None)
+    return replace(spec, keep=HeldOut(config.heldout_fraction, inside=True))
+
+
+def val_spec(config: TrainConfig, shards: Sequence[Path], batch_size: int) -> StreamSpec:
+    """Every validation sample once, in manifest order; the last batch may be short."""
+    return StreamSpec(
+        shards=tuple(shards),
+        batch_size=batch_size,
+        image_size=config.image_size,
+        seed=config.seed,
+        passes=1,
+        shuffle=False,
+        strict=config.strict,
+    )
+
+
+def epoch_length(
+    train_samples: int, batch_size: int, heldout_fraction: float | None, searching: bool
+) -> tuple[int, int]:
+    """(steps in an epoch, batches it takes from the main stream).
+
+    Interleaved (`heldout_fraction=None`): one pass over train, θ steps included. Held
+    out: one pass over the w slice, with a θ step after each w step while searching.
+    """
+    if heldout_fraction is None:
+        count = batches_per_epoch(train_samples, batch_size)
+        return count, count
+    count = batches_per_epoch(int(train_samples * (1 - heldout_fraction)), batch_size)
+    return (2 * count if searching else count), count
+
+
+def check_shards_exist(manifest: Manifest, split: str) -> list[Path]:
+    """The split's shard paths; a clear error when the split or a shard is missing."""
+    if split not in manifest.splits:
+        raise BionasError(
+            f"{manifest.root} has no {split!r} split (splits: {', '.join(manifest.splits)})"
+        )
+    paths = manifest.shard_paths(split)
+    missing = [p for p in paths if not p.exists()]
+    if missing:
+        raise BionasError(
+            f"{len(missing)} shard(s) of split {split!r} listed in manifest.json are missing, "
+            f"e.g. {missing[0]}; re-run `bionas ingest` to rewrite them"
+        )
+    return paths

@@ -1,0 +1,201 @@
+"""The RUN_DIR contract between `bionas train` and derive / evaluate / predict.
+
+    RUN_DIR/config.json         train config, model config, dataset dir, target,
+                                metadata fields, class names, vocab sha256s, image size
+    RUN_DIR/vocabs/vocab_<field>.json   copies of the vocabularies used (target + meta),
+                                so predict works without the dataset
+    RUN_DIR/model.pt            {"model_config": dict, "state_dict": ...}: the weights
+                                after the latest finished epoch (or the stop), final
+                                when training ends
+    RUN_DIR/checkpoints/last.pt the resumable training state (bionas.trainer.checkpoint)
+    RUN_DIR/steps.jsonl, epochs.jsonl, alphas.jsonl   logs (bionas.trainer.logs)
+
+`load_trained` reads it back into a model in eval mode.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from bionas.errors import BionasError
+from bionas.manifests.vocab import Vocab, load_vocab, vocab_filename, write_vocab
+from bionas.trainer.config import TrainConfig
+from bionas.trainer.data import Encoding
+from bionas.trainer.data import preprocess_image as preprocess_image  # shared with predict
+from bionas.trainer.genotype import Genotype
+from bionas.trainer.logs import ALPHAS_LOG as ALPHAS_LOG
+from bionas.trainer.logs import EPOCHS_LOG as EPOCHS_LOG
+from bionas.trainer.logs import STEPS_LOG as STEPS_LOG
+from bionas.trainer.model import BioAutoMLNAS, ModelConfig, build_model
+
+RUN_FORMAT = "bionas.run/1"
+CONFIG_NAME = "config.json"
+MODEL_NAME = "model.pt"
+VOCAB_DIR = "vocabs"
+CHECKPOINT = Path("checkpoints") / "last.pt"
+
+
+def model_config_to_dict(cfg: ModelConfig) -> dict[str, Any]:
+    """JSON-ready ModelConfig; the genotype in its own JSON format."""
+    out = {f.name: getattr(cfg, f.name) for f in fields(cfg)}
+    out["meta_cardinalities"] = [[name, int(size)] for name, size in cfg.meta_cardinalities]
+    out["genotype"] = None if cfg.genotype is None else json.loads(cfg.genotype.to_json())
+    return out
+
+
+def model_config_from_dict(data: Mapping[str, Any]) -> ModelConfig:
+    known = {f.name for f in fields(ModelConfig)}
+    values = {k: v for k, v in data.items() if k in known}
+    values["meta_cardinalities"] = tuple(
+        (str(name), int(size)) for name, size in values.get("meta_cardinalities", ())
+    )
+    genotype = values.get("genotype")
+    values["genotype"] = None if genotype is None else Genotype.from_json(json.dumps(genotype))
+    return ModelConfig(**values)
+
+
+def load_genotype(path: Path | None) -> Genotype | None:
+    """The genotype file of --genotype, or None."""
+    if path is None:
+        return None
+    try:
+        return Genotype.load(path)
+    except (OSError, ValueError) as err:
+        raise BionasError(f"cannot use --genotype {path}: {err}") from None
+
+
+def model_config_for(
+    config: TrainConfig, encoding: Encoding, genotype: Genotype | None
+) -> ModelConfig:
+    """The model a TrainConfig asks for, sized by the dataset's vocabularies."""
+    try:
+        return ModelConfig(
+            num_classes=encoding.num_classes,
+            meta_cardinalities=tuple((v.field, len(v)) for v in encoding.meta_vocabs),
+            channels=config.channels,
+            cells=len(genotype.cells) if genotype is not None else config.cells,
+            embed_dim=config.embed_dim,
+            meta_embed_dim=config.meta_embed_dim,
+            dropout=config.dropout,
+            fusion=config.fusion,
+            dilated=config.dilated,
+            prune_threshold=config.prune_threshold,
+            genotype=genotype,
+        )
+    except ValueError as err:
+        raise BionasError(f"invalid model options: {err}") from None
+
+
+def _write_json(path: Path, body: Mapping[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(body, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def write_run_config(
+    run_dir: Path,
+    *,
+    train_config: Mapping[str, Any],
+    model_config: ModelConfig,
+    encoding: Encoding,
+    dataset_dir: Path,
+    image_size: int,
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write config.json and copies of the vocabularies into RUN_DIR."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for vocab in encoding.vocabs.values():
+        write_vocab(vocab, run_dir / VOCAB_DIR)
+    body = {
+        "format": RUN_FORMAT,
+        "train_config": dict(train_config),
+        "model_config": model_config_to_dict(model_config),
+        "dataset_dir": str(Path(dataset_dir).resolve()),
+        "target": encoding.target,
+        "meta_fields": list(encoding.meta_fields),
+        "class_names": encoding.class_names,
+        "vocab_sha256": {f: v.sha256 for f, v in encoding.vocabs.items()},
+        "image_size": image_size,
+        **(extra or {}),
+    }
+    path = run_dir / CONFIG_NAME
+    _write_json(path, body)
+    return path
+
+
+def save_model(run_dir: Path, model: BioAutoMLNAS) -> Path:
+    """Write model.pt atomically."""
+    path = run_dir / MODEL_NAME
+    tmp = path.with_name(path.name + ".tmp")
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    torch.save({"model_config": model_config_to_dict(model.cfg), "state_dict": state}, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+@dataclass(frozen=True)
+class TrainedRun:
+    """A finished (or in-progress) run, ready for derive, evaluate and predict."""
+
+    run_dir: Path
+    model: BioAutoMLNAS  # in eval mode
+    model_config: ModelConfig
+    train_config: dict[str, Any]
+    class_names: list[str]
+    target: str
+    meta_fields: list[str]
+    vocabs: dict[str, Vocab]  # the metadata fields' and the target's, as at train time
+    image_size: int
+    dataset_dir: Path
+
+    def meta_indices(self, values: Mapping[str, str | None]) -> Tensor:
+        """LongTensor [1, F] of the metadata fields' indices (missing -> 0, unknown)."""
+        row = [self.vocabs[f].lookup(values.get(f)) for f in self.meta_fields]
+        return torch.tensor([row], dtype=torch.long)
+
+
+def load_trained(run_dir: Path, map_location: str | torch.device = "cpu") -> TrainedRun:
+    """Read RUN_DIR (config.json, model.pt, vocabs/) into a model in eval mode."""
+    run_dir = Path(run_dir)
+    config_path, model_path = run_dir / CONFIG_NAME, run_dir / MODEL_NAME
+    if not config_path.exists():
+        raise BionasError(f"{run_dir} is not a bionas run: {CONFIG_NAME} is missing")
+    if not model_path.exists():
+        raise BionasError(
+            f"{run_dir} has no {MODEL_NAME} yet: training has not finished an epoch or "
+            "stopped; let it run (or resume it with `bionas train … --resume`)"
+        )
+    config = json.loads(config_path.read_text())
+    saved = torch.load(model_path, map_location=map_location, weights_only=True)
+    model_config = model_config_from_dict(saved["model_config"])
+    model = build_model(model_config)
+    model.load_state_dict(saved["state_dict"])
+    model.to(map_location).eval()
+    vocabs = {}
+    for name, sha in config["vocab_sha256"].items():
+        vocab = load_vocab(run_dir / VOCAB_DIR / vocab_filename(name))
+        if vocab.sha256 != sha:
+            raise BionasError(
+                f"{run_dir / VOCAB_DIR}: vocabulary {name!r} was changed after training"
+            )
+        vocabs[name] = vocab
+    return TrainedRun(
+        run_dir=run_dir,
+        model=model,
+        model_config=model_config,
+        train_config=config["train_config"],
+        class_names=list(config["class_names"]),
+        target=config["target"],
+        meta_fields=list(config["meta_fields"]),
+        vocabs=vocabs,
+        image_size=int(config["image_size"]),
+        dataset_dir=Path(config["dataset_dir"]),
+    )
