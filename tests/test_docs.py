@@ -16,7 +16,9 @@ def test_top_level_help_lists_every_command_with_a_description():
     result = CliRunner().invoke(main, ["--help"])
     assert result.exit_code == 0
     for name in COMMANDS:
-        line = next((ln for ln in result.output.splitlines() if ln.strip().startswith(name + " ")), "")
+        line = next(
+            (ln for ln in result.output.splitlines() if ln.strip().startswith(name + " ")), ""
+        )
         assert len(line.split()) > 1, f"{name} has no one-line description in bionas --help"
 
 

@@ -6,9 +6,6 @@ from pathlib import Path
 
 import click
 
-GENOTYPE_JSON = "genotype.json"
-GENOTYPE_TXT = "genotype.txt"
-
 
 @click.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
@@ -24,18 +21,13 @@ def command(run_dir: Path) -> None:
       bionas derive run/
       bionas train ds/ --out run-fixed/ --genotype run/genotype.json
     """
-    from bionas.trainer.genotype import render
-    from bionas.trainer.run import load_trained
+    from bionas.trainer.derive import derive_run
 
-    run = load_trained(run_dir, map_location="cpu")
-    genotype = run.model.genotype()
-    genotype.save(run_dir / GENOTYPE_JSON)
-    text = render(genotype)
-    (run_dir / GENOTYPE_TXT).write_text(text, encoding="utf-8")
-    if getattr(run.model, "theta", None) is None:
+    derived = derive_run(run_dir)
+    if not derived.searched:
         click.echo("This run trained a fixed network; its genotype is unchanged by derive.")
-    click.echo(text, nl=False)
-    cut = [f"cell {c.index} {e.edge}" for c in genotype.cells for e in c.edges if e.cut]
-    if cut:
+    click.echo(derived.text, nl=False)
+    if derived.cut_edges:
+        cut = derived.cut_edges
         click.echo(f"{len(cut)} edge(s) cut because the zero op won: {', '.join(cut)}")
-    click.echo(f"wrote {run_dir / GENOTYPE_JSON} and {run_dir / GENOTYPE_TXT}")
+    click.echo(f"wrote {derived.json_path} and {derived.text_path}")
