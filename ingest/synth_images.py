@@ -129,6 +129,18 @@ MORPHS: dict[str, Morph] = {
     "Blattodea": Morph(((-0.05, 0.36, 0.2), (0.3, 0.08, 0.12)), (130, 80, 40),
                        accent=(70, 40, 20), leg_x=0.0, leg_len=0.3, leg_width=0.02,
                        antenna=0.7, texture="gloss"),
+    # Arachnids only synthetic Insects-1M has (wingless, eight legs; palps drawn as antennae)
+    "Solifugae": Morph(  # camel spider: pale, segmented abdomen, big jaws
+        ((-0.22, 0.25, 0.14), (0.12, 0.12, 0.1), (0.3, 0.09, 0.09)), (205, 175, 125),
+        accent=(120, 90, 50), leg_pairs=4, leg_x=0.1, leg_len=0.55, leg_width=0.025,
+        antenna=0.25, texture="rings"),
+    "Amblypygi": Morph(  # whip spider: flat, very long thin legs
+        ((-0.15, 0.22, 0.17), (0.15, 0.16, 0.2)), (85, 62, 45), accent=(40, 30, 20),
+        leg_pairs=4, leg_x=0.1, leg_len=0.9, leg_width=0.012, antenna=0.4, texture="spots"),
+    "Thelyphonida": Morph(  # whip scorpion: dark, glossy, a long thin tail
+        ((-0.45, 0.15, 0.015), (-0.12, 0.22, 0.12), (0.22, 0.14, 0.1)), (45, 35, 30),
+        accent=(20, 15, 10), leg_pairs=4, leg_x=0.15, leg_len=0.35, leg_width=0.02,
+        antenna=0.35, texture="gloss"),
 }
 # fmt: on
 

@@ -12,7 +12,8 @@ from click.testing import CliRunner
 from PIL import Image, ImageOps
 
 from bionas.cli import main
-from bionas.ingest.synth import BBOX_COLUMNS, METADATA_COLUMNS, REJECT_KINDS, VARIANT_KINDS
+from bionas.ingest.synth import REJECT_KINDS, VARIANT_KINDS
+from bionas.ingest.synth_bioscan import BBOX_COLUMNS, METADATA_COLUMNS
 
 OFFICIAL_COLUMNS = [
     "processid", "sampleid", "taxon", "phylum", "class", "order", "family", "subfamily",

@@ -1,4 +1,4 @@
-"""`bionas synth OUT_DIR`: a synthetic dataset in the exact official BIOSCAN-5M layout."""
+"""`bionas synth OUT_DIR`: a synthetic dataset in the layout of BIOSCAN-5M or Insects-1M."""
 
 from __future__ import annotations
 
@@ -14,13 +14,14 @@ import click
 @click.option("--seed", default=0, show_default=True, type=int,
               help="Same seed, same bytes: CSV, TSV and every image.")  # fmt: skip
 @click.option("--corrupt", default=0, show_default=True, type=click.IntRange(min=0),
-              metavar="K", help="Plant K bad inputs of each kind, for testing ingest's rejects.")  # fmt: skip
+              metavar="K", help="Plant K bad inputs of each kind, for testing ingest's rejects "
+              "(bioscan-5m only).")  # fmt: skip
 @click.option("--images/--no-images", default=True, show_default=True,
-              help="--no-images writes only metadata.csv and bbox.tsv (scales to 5M rows).")  # fmt: skip
+              help="--no-images writes only the tables (scales to 5M rows).")  # fmt: skip
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Processes drawing images (default: all cores); output does not depend on it.")  # fmt: skip
 @click.option("--profile", default="bioscan-5m", show_default=True,
-              help="Dataset layout to imitate (bioscan-5m).")  # fmt: skip
+              help="Dataset layout to imitate: bioscan-5m or insects-1m.")  # fmt: skip
 @click.option("--overwrite", is_flag=True,
               help="Replace the metadata, bbox, corruptions.json and images of an earlier run.")  # fmt: skip
 @click.option("--quiet", is_flag=True, help="No progress bars.")
@@ -35,15 +36,21 @@ def command(
     overwrite: bool,
     quiet: bool,
 ) -> None:
-    """Write a synthetic dataset in the official BIOSCAN-5M layout to OUT_DIR.
+    """Write a synthetic dataset in the layout of a real release to OUT_DIR.
 
-    OUT_DIR gets metadata.csv (the official 23 columns), bbox.tsv and
-    images/original_full/<split>/[<chunk>/]<processid>.jpg (1024x768 JPEGs of
-    specimens whose look depends on their order), with long-tailed orders, sparse
-    deep ranks and dna_bin clusters. corruptions.json lists the planted bad inputs
-    (--corrupt), the rows whose order is naturally empty, and real-world variants
-    ingest must accept (PNG behind .jpg, grayscale, CMYK, EXIF-rotated, a bbox partly
-    outside the image, a row without bbox).
+    --profile bioscan-5m (default): metadata.csv (the official 23 columns), bbox.tsv and
+    images/original_full/<split>/[<chunk>/]<processid>.jpg (1024x768 JPEGs of specimens
+    whose look depends on their order), with long-tailed orders, sparse deep ranks and
+    dna_bin clusters. corruptions.json lists the planted bad inputs (--corrupt), the rows
+    whose order is naturally empty, and real-world variants ingest must accept (PNG
+    behind .jpg, grayscale, CMYK, EXIF-rotated, a bbox partly outside the image, a row
+    without bbox).
+
+    --profile insects-1m: metadata.csv with image_id, file_name, class, order, suborder,
+    superfamily, family, subfamily, tribe, subtribe, genus, species (no split, no DNA)
+    and images/<order>/<image_id>.jpg (512x384, file_name is relative to images/):
+    long-tailed orders (at --n 1017036: 38 with >= 500 images, 16 below), optional deep
+    ranks, spiders and other arachnids; shared orders look as in bioscan-5m.
 
     \b
     Examples:
@@ -51,6 +58,9 @@ def command(
       bionas ingest data/metadata.csv --images data/images/original_full \\
              --bbox data/bbox.tsv --out ds/
       bionas synth big/ --n 5150850 --no-images     # a full-size metadata CSV
+      bionas synth i1m/ --profile insects-1m --n 3000
+      bionas ingest i1m/metadata.csv --images i1m/images --profile insects-1m \\
+             --split-source random --out ds-i1m/
     """
     from bionas.ingest.synth import SynthConfig, generate
 
@@ -62,15 +72,18 @@ def command(
     click.echo(f"Wrote a synthetic {profile} dataset to {summary.out_dir}/")
     click.echo(f"  metadata.csv      {summary.n_metadata_rows:,} rows "
                f"({summary.n_specimens:,} specimens + {duplicates} duplicated)")  # fmt: skip
-    click.echo(f"  bbox.tsv          {summary.n_bbox_rows:,} rows")
+    if summary.bbox_tsv is not None:
+        click.echo(f"  bbox.tsv          {summary.n_bbox_rows:,} rows")
     if summary.images_root is not None:
         click.echo(f"  images            {summary.n_images:,} files under {summary.images_root}/")
-    planted = sum(len(v) for v in summary.corruptions.values())
-    variants = sum(len(v) for v in summary.accepted_variants.values())
-    click.echo(f"  corruptions.json  {planted} planted bad inputs, {variants} accepted variants, "
-               f"{len(summary.natural_empty_order)} rows with an empty order")  # fmt: skip
-    splits = ", ".join(f"{k} {v:,}" for k, v in summary.split_counts.items())
-    click.echo(f"  splits: {splits}")
+    if summary.corruptions_json is not None:
+        planted = sum(len(v) for v in summary.corruptions.values())
+        variants = sum(len(v) for v in summary.accepted_variants.values())
+        click.echo(f"  corruptions.json  {planted} planted bad inputs, {variants} accepted variants, "
+                   f"{len(summary.natural_empty_order)} rows with an empty order")  # fmt: skip
+    if summary.split_counts:
+        splits = ", ".join(f"{k} {v:,}" for k, v in summary.split_counts.items())
+        click.echo(f"  splits: {splits}")
     top = list(summary.order_counts.items())
     orders = ", ".join(f"{k} {v:,}" for k, v in top[:5])
     click.echo(f"  orders: {len(top)} labelled ({orders}, ...)")
