@@ -10,13 +10,23 @@ vocabularies' sha256.
 Resuming is exact on CPU: the data stream is a function of (seed, epoch) and can skip
 the batches already used (see `bionas.trainer.data.StreamPosition`), and the RNG states
 are those of the moment the checkpoint was taken.
+
+A distributed run (rank 0 writes the file) also stores, per rank, what differs between
+ranks (`rank_state`): its stream positions, its RNG states and its BatchNorm running
+statistics (ranks average them only at the end of an epoch). Everything else (w, θ,
+optimisers, scalers, the all-rank metric sums) is equal on all ranks, and every rank
+restores it from the one file, then its own part. With the same number of ranks a resume
+is exact on CPU (gloo all-reduces deterministically); on CUDA it is as exact as one GPU's
+(non-deterministic kernels). The number of ranks may change only at an epoch end: the
+streams then start the epoch afresh on the new split, the held-out θ stream restarts,
+and each rank's RNG is seeded anew, so the run goes on but is no longer bit-comparable.
 """
 
 from __future__ import annotations
 
 import os
 import random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +38,7 @@ from torch import nn
 from bionas.errors import BionasError
 from bionas.trainer.config import TrainConfig
 from bionas.trainer.data import StreamPosition
+from bionas.trainer.distributed import fingerprint
 from bionas.trainer.run import CHECKPOINT
 
 FORMAT = "bionas.checkpoint/1"
@@ -126,32 +137,82 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     return payload
 
 
+def rank_state(model: nn.Module, state: TrainState) -> dict[str, Any]:
+    """This rank's part of a distributed checkpoint (see the module docstring), with its
+    step count and a fingerprint of its w and θ, which must agree on all ranks."""
+    return {
+        "step": state.step,
+        "main": state.main.to_dict(),
+        "arch": None if state.arch is None else state.arch.to_dict(),
+        "rng": capture_rng(),
+        "buffers": {name: b.detach().cpu().clone() for name, b in model.named_buffers()},
+        "params_sha256": fingerprint(model.named_parameters()),
+    }
+
+
+def check_replicas(ranks: Sequence[Mapping[str, Any]]) -> None:
+    """Every rank must have taken the same steps to the same w and θ; a bug otherwise."""
+    steps = [r["step"] for r in ranks]
+    hashes = [r["params_sha256"][:12] for r in ranks]
+    if len(set(steps)) > 1 or len(set(hashes)) > 1:
+        raise RuntimeError(f"ranks diverged: steps {steps}, parameter sha256 {hashes}")
+
+
 def checkpoint_payload(
-    model: nn.Module, stateful: Mapping[str, Any], state: TrainState, **extra: Any
+    model: nn.Module,
+    stateful: Mapping[str, Any],
+    state: TrainState,
+    ranks: Sequence[Mapping[str, Any]] | None = None,
+    **extra: Any,
 ) -> dict[str, Any]:
     """Model, every object with a state_dict (optimisers, scalers; None allowed), the
-    training state and the RNG states, plus `extra` plain values (config, batch size, …)."""
+    training state and the RNG states, plus `extra` plain values (config, batch size, …);
+    `ranks`: every rank's `rank_state` in a distributed run."""
     payload: dict[str, Any] = {
         "model": model.state_dict(),
         "state": state.to_dict(),
         "rng": capture_rng(),
+        "world_size": len(ranks) if ranks else 1,
         **extra,
     }
+    if ranks and len(ranks) > 1:
+        payload["ranks"] = list(ranks)
     for name, obj in stateful.items():
         payload[name] = None if obj is None else obj.state_dict()
     return payload
 
 
 def restore_checkpoint(
-    payload: Mapping[str, Any], model: nn.Module, stateful: Mapping[str, Any]
+    payload: Mapping[str, Any],
+    model: nn.Module,
+    stateful: Mapping[str, Any],
+    rank: int = 0,
+    world_size: int = 1,
 ) -> TrainState:
-    """Put model, optimisers, scalers and RNGs back; returns the training state."""
+    """Put model, optimisers, scalers and RNGs back (and, written by as many ranks as now,
+    this rank's streams, RNGs and running statistics); returns the training state."""
     model.load_state_dict(payload["model"])
     for name, obj in stateful.items():
         if obj is not None and payload.get(name):  # a disabled scaler saved {}
             obj.load_state_dict(payload[name])
     restore_rng(payload["rng"])
-    return TrainState.from_dict(payload["state"])
+    state = TrainState.from_dict(payload["state"])
+    if saved_world_size(payload) != world_size:
+        state.arch = None  # the held-out stream's split changed with the ranks: restart it
+        return state  # an epoch end (load_for_resume): the streams start afresh anyway
+    if "ranks" in payload:
+        mine = payload["ranks"][rank]
+        restore_rng(mine["rng"])
+        state.main = StreamPosition.from_dict(mine["main"])
+        state.arch = None if mine["arch"] is None else StreamPosition.from_dict(mine["arch"])
+        with torch.no_grad():
+            for name, value in mine["buffers"].items():
+                model.get_buffer(name).copy_(value)
+    return state
+
+
+def saved_world_size(payload: Mapping[str, Any]) -> int:
+    return int(payload.get("world_size", 1))
 
 
 def refuse_overwrite(path: Path) -> None:
@@ -164,10 +225,21 @@ def refuse_overwrite(path: Path) -> None:
 
 
 def load_for_resume(
-    path: Path, config: TrainConfig, vocab_sha256: Mapping[str, str]
+    path: Path, config: TrainConfig, vocab_sha256: Mapping[str, str], world_size: int = 1
 ) -> dict[str, Any]:
-    """The checkpoint to resume from; refused when options or vocabularies changed."""
+    """The checkpoint to resume from; refused when options or vocabularies changed, or
+    when it was written mid-epoch by another number of ranks."""
     payload = load_checkpoint(path)
+    saved, batch = saved_world_size(payload), int(payload["state"]["batch"])
+    if saved != world_size and batch > 0:
+        epoch = int(payload["state"]["epoch"]) + 1
+        raise BionasError(
+            f"cannot resume {config.run_dir}: its checkpoint was written by {saved} "
+            f"process(es) in the middle of epoch {epoch} (after batch {batch}), and the "
+            f"data streams of {saved} rank(s) cannot continue on {world_size}. Resume with "
+            f"{saved} process(es) (torchrun --nproc-per-node ...), or from a checkpoint "
+            "written at the end of an epoch."
+        )
     changed = config.differences(TrainConfig.from_dict(payload["config"]))
     if changed:
         listed = ", ".join(f"{k}={new!r} (was {old!r})" for k, (new, old) in changed.items())

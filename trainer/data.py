@@ -408,17 +408,23 @@ def val_spec(config: TrainConfig, shards: Sequence[Path], batch_size: int) -> St
 
 
 def epoch_length(
-    train_samples: int, batch_size: int, heldout_fraction: float | None, searching: bool
+    train_samples: int,
+    batch_size: int,
+    heldout_fraction: float | None,
+    searching: bool,
+    world_size: int = 1,
 ) -> tuple[int, int]:
-    """(steps in an epoch, batches it takes from the main stream).
+    """(steps in an epoch, batches it takes from the main stream), the same on every rank:
+    `batch_size` is per rank, and each rank's share is 1/world_size of the manifest count.
 
     Interleaved (`heldout_fraction=None`): one pass over train, θ steps included. Held
     out: one pass over the w slice, with a θ step after each w step while searching.
     """
     if heldout_fraction is None:
-        count = batches_per_epoch(train_samples, batch_size)
+        count = batches_per_epoch(train_samples, batch_size, world_size)
         return count, count
-    count = batches_per_epoch(int(train_samples * (1 - heldout_fraction)), batch_size)
+    w_samples = int(train_samples * (1 - heldout_fraction))
+    count = batches_per_epoch(w_samples, batch_size, world_size)
     return (2 * count if searching else count), count
 
 

@@ -195,11 +195,13 @@ def command(ctx: click.Context, dataset_dir: Path, run_dir: Path, config_file: P
       bionas derive run/ && bionas train ds/ --out fixed/ --genotype run/genotype.json
       bionas train ds/ --out paper/ --meta-fields dna_bin,class,family \\
              --allow-target-leakage                     # the paper's leaky setting
+      torchrun --nproc-per-node 4 -m bionas train ds/ --out run/   # 4 GPUs (DDP)
     """
     from bionas.errors import BionasError
     from bionas.shards.reader import CorruptDataError
     from bionas.trainer.checkpoint import stored_config
     from bionas.trainer.config import TrainConfig, read_toml_options
+    from bionas.trainer.distributed import process_group
     from bionas.trainer.loop import train
 
     try:
@@ -217,16 +219,20 @@ def command(ctx: click.Context, dataset_dir: Path, run_dir: Path, config_file: P
     except (ValueError, click.BadParameter) as err:
         raise BionasError(str(err)) from None
 
-    def on_epoch(record: dict) -> None:
-        if not config.quiet:
-            click.echo(epoch_line(record, config.epochs), err=True)
+    # Under torchrun: one rank of a distributed run (bionas.trainer.distributed).
+    with process_group(config.device) as dist:
 
-    try:
-        history = train(config, on_epoch=on_epoch)
-    except CorruptDataError as err:
-        raise BionasError(last_line(str(err))) from None
-    click.echo(f"trained {len(history)} epoch(s); run directory: {run_dir}")
-    click.echo(f"next: bionas derive {run_dir} && bionas evaluate {run_dir}")
+        def on_epoch(record: dict) -> None:
+            if not config.quiet and dist.is_main:
+                click.echo(epoch_line(record, config.epochs), err=True)
+
+        try:
+            history = train(config, on_epoch=on_epoch, dist=dist)
+        except CorruptDataError as err:
+            raise BionasError(last_line(str(err))) from None
+    if dist.is_main:
+        click.echo(f"trained {len(history)} epoch(s); run directory: {run_dir}")
+        click.echo(f"next: bionas derive {run_dir} && bionas evaluate {run_dir}")
 
 
 def epoch_line(record: dict, epochs: int) -> str:

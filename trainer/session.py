@@ -1,0 +1,254 @@
+"""Setting up a training run: everything `bionas.trainer.loop.train` needs before the
+first batch.
+
+    start_session()  config -> dataset and vocabularies -> model -> batch size ->
+                     optimisers -> RUN_DIR (fresh) or checkpoint (resume)
+
+On several ranks every rank sets up the same way (same seed, same model, same checkpoint
+file); the batch size is the smallest any rank chose; only rank 0 writes RUN_DIR; and
+each rank's own randomness (dropout) is then seeded apart (`rank_seed`).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from bionas.errors import BionasError
+from bionas.manifests.manifest import Manifest, load_manifest
+from bionas.trainer.batch_size import cap_gpu_memory, choose_batch_size, restoring_probe
+from bionas.trainer.checkpoint import (
+    TrainState,
+    load_for_resume,
+    refuse_overwrite,
+    restore_checkpoint,
+    saved_world_size,
+)
+from bionas.trainer.config import Amp, TrainConfig, resolve_amp, resolve_device
+from bionas.trainer.data import Encoding, StreamPosition, check_shards_exist, load_encoding
+from bionas.trainer.distributed import SINGLE, Dist, data_parallel, rank_seed
+from bionas.trainer.genotype import Genotype
+from bionas.trainer.leakage import resolve_meta_fields
+from bionas.trainer.logs import start_logs, trim_logs
+from bionas.trainer.model import BioAutoMLNAS, build_model
+from bionas.trainer.run import CHECKPOINT, load_genotype, model_config_for, write_run_config
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Session:
+    """What a run is set up with; fixed for the run (model, optimisers and state change)."""
+
+    config: TrainConfig  # target, metadata fields and cells resolved
+    encoding: Encoding
+    device: torch.device
+    amp: Amp
+    batch_size: int  # per rank
+    train_shards: tuple[Path, ...]
+    train_samples: int  # all ranks together
+    val_shards: tuple[Path, ...]
+    heldout: bool  # θ steps read the held-out slice of train
+    dist: Dist = SINGLE
+
+    @property
+    def run_dir(self) -> Path:
+        return self.config.run_dir
+
+
+@dataclass
+class Optimizers:
+    w: torch.optim.Optimizer
+    theta: torch.optim.Optimizer | None  # None for a fixed genotype
+    w_scaler: torch.amp.GradScaler  # disabled unless fp16 autocast
+    theta_scaler: torch.amp.GradScaler
+
+    def stateful(self) -> dict[str, Any]:
+        return {
+            "w_optimizer": self.w,
+            "theta_optimizer": self.theta,
+            "w_scaler": self.w_scaler,
+            "theta_scaler": self.theta_scaler,
+        }
+
+
+def build_optimizers(model: BioAutoMLNAS, config: TrainConfig, amp: Amp) -> Optimizers:
+    """AdamW on w; Adam (coupled L2, the paper's) or AdamW on θ; one loss scaler each."""
+    w = torch.optim.AdamW(
+        model.weight_parameters(), lr=config.lr_w, weight_decay=config.weight_decay_w
+    )
+    theta = None
+    if model.arch_parameters():
+        kind = torch.optim.Adam if config.theta_optimizer == "adam" else torch.optim.AdamW
+        theta = kind(
+            model.arch_parameters(), lr=config.lr_theta, weight_decay=config.weight_decay_theta
+        )
+    scalers = [torch.amp.GradScaler("cuda", enabled=amp.loss_scaling) for _ in range(2)]
+    return Optimizers(w, theta, *scalers)
+
+
+def start_session(
+    config: TrainConfig, dist: Dist = SINGLE
+) -> tuple[Session, BioAutoMLNAS, nn.Module, Optimizers, TrainState]:
+    """Resolve the options against dataset and device, build model and optimisers, then
+    start RUN_DIR afresh or (with --resume) restore its checkpoint. Returns the model and
+    what train steps call forward on (the model in DDP on several ranks)."""
+    _seed_everything(config.seed)
+    config, manifest, encoding, genotype = _resolve_dataset(config)
+    device = dist.device if dist.enabled else resolve_device(config.device)
+    amp = resolve_amp(config, device)
+    model = build_model(model_config_for(config, encoding, genotype)).to(device)
+    checkpoint_path = config.run_dir / CHECKPOINT
+    payload = None
+    if config.resume:
+        vocab_sha256 = {f: v.sha256 for f, v in encoding.vocabs.items()}
+        payload = load_for_resume(checkpoint_path, config, vocab_sha256, dist.world_size)
+    else:
+        refuse_overwrite(checkpoint_path)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        if config.gpu_memory_gb is not None:
+            cap_gpu_memory(config.gpu_memory_gb, device)
+    elif config.gpu_memory_gb is not None:
+        log.warning("--gpu-memory-gb caps CUDA memory; ignored on %s", device)
+    samples = manifest.num_samples("train")
+    if payload is not None:
+        batch_size = int(payload["batch_size"])
+    else:
+        per_rank = samples // dist.world_size
+        batch_size = dist.min(_pick_batch_size(config, model, encoding, device, amp, per_rank))
+    has_val = config.val_split in manifest.splits
+    session = Session(
+        config=config,
+        encoding=encoding,
+        device=device,
+        amp=amp,
+        batch_size=batch_size,
+        train_shards=tuple(check_shards_exist(manifest, "train")),
+        train_samples=samples,
+        val_shards=tuple(check_shards_exist(manifest, config.val_split)) if has_val else (),
+        heldout=config.arch_data == "heldout" and bool(model.arch_parameters()),
+        dist=dist,
+    )
+    opts = build_optimizers(model, config, amp)
+    # DDP copies rank 0's parameters and buffers to every rank when it is built: wrap
+    # before restoring, which puts back each rank's own running statistics
+    forward = data_parallel(model, dist)
+    state = _start_or_restore(session, model, opts, payload)
+    return session, model, forward, opts, state
+
+
+def _resolve_dataset(
+    config: TrainConfig,
+) -> tuple[TrainConfig, Manifest, Encoding, Genotype | None]:
+    """Manifest, target, metadata fields (leakage guard), vocabularies, genotype."""
+    try:
+        manifest = load_manifest(config.dataset_dir)
+    except (FileNotFoundError, ValueError) as err:
+        raise BionasError(str(err)) from None
+    if "train" not in manifest.splits:
+        raise BionasError(f"{config.dataset_dir} has no 'train' split to train on")
+    target = config.target or manifest.target
+    try:
+        meta_fields = resolve_meta_fields(
+            config.meta_fields,
+            target,
+            manifest.body.get("vocabs", {}),
+            allow_target_leakage=config.allow_target_leakage,
+        )
+    except ValueError as err:
+        raise BionasError(str(err)) from None
+    genotype = load_genotype(config.genotype)
+    cells = len(genotype.cells) if genotype is not None else config.cells
+    config = replace(config, target=target, meta_fields=meta_fields, cells=cells)
+    encoding = load_encoding(manifest, target, meta_fields)
+    return config, manifest, encoding, genotype
+
+
+def _start_or_restore(
+    session: Session, model: BioAutoMLNAS, opts: Optimizers, payload: dict[str, Any] | None
+) -> TrainState:
+    """A fresh TrainState and empty logs, or the checkpoint's state and trimmed logs;
+    then (re)write config.json and the vocabulary copies (rank 0 only)."""
+    dist, main = session.dist, session.dist.is_main
+    if payload is None:
+        state = TrainState(arch=StreamPosition() if session.heldout else None)
+        if main:
+            start_logs(session.run_dir, model.alphas())
+        if dist.enabled:
+            _seed_everything(rank_seed(session.config.seed, dist.rank, 0))
+    else:
+        state = restore_checkpoint(payload, model, opts.stateful(), dist.rank, dist.world_size)
+        if main:
+            trim_logs(session.run_dir, state.step, state.epoch, state.history)
+        if state.arch is None and session.heldout:
+            state.arch = StreamPosition()
+        saved = saved_world_size(payload)
+        if saved != dist.world_size:
+            _seed_everything(rank_seed(session.config.seed, dist.rank, state.step))
+            if main:
+                log.warning(
+                    "resuming a run of %d process(es) on %d: it goes on from epoch %d, "
+                    "but is no longer bit-comparable with an uninterrupted run",
+                    saved, dist.world_size, state.epoch + 1,
+                )  # fmt: skip
+    if main:
+        write_run_config(
+            session.run_dir,
+            train_config=session.config.to_dict(),
+            model_config=model.cfg,
+            encoding=session.encoding,
+            dataset_dir=session.config.dataset_dir,
+            image_size=session.config.image_size,
+            extra={
+                "batch_size": session.batch_size,
+                "world_size": dist.world_size,
+                "amp": session.amp.to_dict(),
+                "device": str(session.device),
+            },
+        )
+    return state
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # seeds CUDA too
+
+
+def _pick_batch_size(
+    config: TrainConfig,
+    model: BioAutoMLNAS,
+    encoding: Encoding,
+    device: torch.device,
+    amp: Amp,
+    samples: int,
+) -> int:
+    """--batch-size N, or auto: the CUDA search over real w + θ steps, 32 on CPU."""
+    from bionas.trainer.loop import train_step  # the loop imports this module
+
+    def probe_step(batch_size: int) -> None:
+        # loss scale 1: fp16 steps must not be skipped as overflowed, or the optimiser
+        # state (part of the memory a real step needs) would never be allocated
+        scaler = torch.amp.GradScaler("cuda", init_scale=1.0, enabled=amp.loss_scaling)
+        opts = replace(build_optimizers(model, config, amp), w_scaler=scaler, theta_scaler=scaler)
+        size = config.image_size
+        images = torch.randn(batch_size, 3, size, size, device=device)
+        meta = torch.zeros(batch_size, len(encoding.meta_vocabs), dtype=torch.long, device=device)
+        labels = torch.randint(encoding.num_classes, (batch_size,), device=device)
+        for kind in ("w", "theta") if opts.theta is not None else ("w",):
+            train_step(model, images, meta, labels, kind, opts, amp)
+
+    fits = None
+    if config.batch_size is None and device.type == "cuda":
+        fits = restoring_probe(model, probe_step)
+    batch_size = choose_batch_size(config.batch_size, device, fits, samples)
+    log.info("batch size %d", batch_size)
+    return batch_size
