@@ -254,3 +254,16 @@ def test_an_endless_stream_over_only_broken_shards_fails_instead_of_spinning(tmp
     with pytest.raises(CorruptDataError, match="no readable samples"):
         next(read_samples([broken], passes=None, stats=stats))
     assert stats.broken_shards >= 1
+
+
+def test_training_refuses_a_shard_truncated_at_a_member_boundary(tmp_path):
+    from bionas.manifests.manifest import load_manifest
+    from bionas.trainer.data import check_shards_exist
+
+    root = make_tiny_dataset(tmp_path / "ds", n=24, shards_per_split=2)
+    manifest = load_manifest(root)
+    shard = manifest.shard_paths("train")[0]
+    data = shard.read_bytes()
+    shard.write_bytes(data[:1024])  # whole 512-byte blocks: tarfile sees a clean end
+    with pytest.raises(BionasError, match="differ in size"):
+        check_shards_exist(manifest, "train")

@@ -429,7 +429,9 @@ def epoch_length(
 
 
 def check_shards_exist(manifest: Manifest, split: str) -> list[Path]:
-    """The split's shard paths; a clear error when the split or a shard is missing."""
+    """The split's shard paths; a clear error when the split or a shard is missing or
+    has another size than the manifest records (a truncated tar can end cleanly at a
+    member boundary, so the stream alone would not notice the lost samples)."""
     if split not in manifest.splits:
         raise BionasError(
             f"{manifest.root} has no {split!r} split (splits: {', '.join(manifest.splits)})"
@@ -440,5 +442,17 @@ def check_shards_exist(manifest: Manifest, split: str) -> list[Path]:
         raise BionasError(
             f"{len(missing)} shard(s) of split {split!r} listed in manifest.json are missing, "
             f"e.g. {missing[0]}; re-run `bionas ingest` to rewrite them"
+        )
+    resized = [
+        (p, p.stat().st_size, r["bytes"])
+        for p, r in zip(paths, manifest.shards(split), strict=True)
+        if p.stat().st_size != r["bytes"]
+    ]
+    if resized:
+        path, size, expected = resized[0]
+        raise BionasError(
+            f"{len(resized)} shard(s) of split {split!r} differ in size from manifest.json, "
+            f"e.g. {path} has {size} bytes, not {expected}; check with `bionas inspect --verify` "
+            "and re-run the same `bionas ingest` command to rewrite them"
         )
     return paths
