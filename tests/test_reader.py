@@ -256,7 +256,7 @@ def test_an_endless_stream_over_only_broken_shards_fails_instead_of_spinning(tmp
     assert stats.broken_shards >= 1
 
 
-def test_training_refuses_a_shard_truncated_at_a_member_boundary(tmp_path):
+def test_a_shard_truncated_at_a_member_boundary_is_reported(tmp_path, caplog):
     from bionas.manifests.manifest import load_manifest
     from bionas.trainer.data import check_shards_exist
 
@@ -266,4 +266,7 @@ def test_training_refuses_a_shard_truncated_at_a_member_boundary(tmp_path):
     data = shard.read_bytes()
     shard.write_bytes(data[:1024])  # whole 512-byte blocks: tarfile sees a clean end
     with pytest.raises(BionasError, match="differ in size"):
-        check_shards_exist(manifest, "train")
+        check_shards_exist(manifest, "train", strict=True)
+    with caplog.at_level("WARNING"):
+        assert check_shards_exist(manifest, "train") == manifest.shard_paths("train")
+    assert "differ in size" in caplog.text

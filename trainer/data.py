@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import logging
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -37,6 +38,8 @@ from bionas.manifests.vocab import Vocab
 from bionas.shards.format import decode_record
 from bionas.shards.reader import CorruptDataError, RawSample, ReadStats, Slot, read_samples
 from bionas.trainer.config import TrainConfig
+
+log = logging.getLogger(__name__)
 
 # RGB mean/std of the cropped BIOSCAN-5M images (SPEC §3).
 BIOSCAN_MEAN = (0.7628, 0.7650, 0.7637)
@@ -428,10 +431,13 @@ def epoch_length(
     return (2 * count if searching else count), count
 
 
-def check_shards_exist(manifest: Manifest, split: str) -> list[Path]:
-    """The split's shard paths; a clear error when the split or a shard is missing or
-    has another size than the manifest records (a truncated tar can end cleanly at a
-    member boundary, so the stream alone would not notice the lost samples)."""
+def check_shards_exist(manifest: Manifest, split: str, strict: bool = False) -> list[Path]:
+    """The split's shard paths; a clear error when the split or a shard is missing.
+
+    A shard whose size differs from the manifest's is reported (an error with `strict`,
+    else a warning): a tar truncated at a member boundary ends cleanly, so the stream
+    alone would not notice the samples it lost.
+    """
     if split not in manifest.splits:
         raise BionasError(
             f"{manifest.root} has no {split!r} split (splits: {', '.join(manifest.splits)})"
@@ -450,9 +456,12 @@ def check_shards_exist(manifest: Manifest, split: str) -> list[Path]:
     ]
     if resized:
         path, size, expected = resized[0]
-        raise BionasError(
+        message = (
             f"{len(resized)} shard(s) of split {split!r} differ in size from manifest.json, "
             f"e.g. {path} has {size} bytes, not {expected}; check with `bionas inspect --verify` "
             "and re-run the same `bionas ingest` command to rewrite them"
         )
+        if strict:
+            raise BionasError(message)
+        log.warning("%s (reading what is there)", message)
     return paths

@@ -131,9 +131,11 @@ def start_session(
         device=device,
         amp=amp,
         batch_size=batch_size,
-        train_shards=tuple(check_shards_exist(manifest, "train")),
+        train_shards=tuple(check_shards_exist(manifest, "train", config.strict)),
         train_samples=samples,
-        val_shards=tuple(check_shards_exist(manifest, config.val_split)) if has_val else (),
+        val_shards=(
+            tuple(check_shards_exist(manifest, config.val_split, config.strict)) if has_val else ()
+        ),
         heldout=config.arch_data == "heldout" and bool(model.arch_parameters()),
         dist=dist,
     )
