@@ -14,20 +14,13 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
+from bionas.ingest.profiles import BBOX_COLUMNS, BIOSCAN_5M_COLUMNS
 from bionas.ingest.synth_images import HEIGHT, WIDTH
 
 BIOSCAN5M_ROWS = 5_150_850
 
-METADATA_COLUMNS = (
-    "processid", "sampleid", "taxon", "phylum", "class", "order", "family", "subfamily",
-    "genus", "species", "dna_bin", "dna_barcode", "country", "province_state", "coord-lat",
-    "coord-lon", "image_measurement_value", "area_fraction", "scale_factor", "inferred_ranks",
-    "split", "index_bioscan_1M_insect", "chunk",
-)  # fmt: skip
-BBOX_COLUMNS = (
-    "processid", "width_original", "height_original", "x0", "y0", "x1", "y1",
-    "scale_factor", "area_fraction",
-)  # fmt: skip
+# the official layouts, defined once in the profiles
+METADATA_COLUMNS = BIOSCAN_5M_COLUMNS
 
 Rows = dict[str, np.ndarray]  # one chunk of specimens as columns of ids and numbers
 
