@@ -92,7 +92,8 @@ def path_expression(template: str) -> pl.Expr:
     names = [name for _, name, _, _ in string.Formatter().parse(template) if name]
     pattern = re.sub(r"\{[^}]*\}", "{}", template)
     joined = pl.format(pattern, *(pl.col(n).fill_null("").str.strip_chars() for n in names))
-    return joined.str.replace_all("/{2,}", "/").str.strip_prefix("/").alias(PATH)
+    # an empty part leaves "//" (BIOSCAN's empty chunk) or a leading "/"
+    return joined.str.replace_all("//", "/", literal=True).str.strip_prefix("/").alias(PATH)
 
 
 def scan_metadata(cfg: IngestConfig, profile: DatasetProfile) -> pl.LazyFrame:
@@ -116,7 +117,9 @@ def scan_metadata(cfg: IngestConfig, profile: DatasetProfile) -> pl.LazyFrame:
     lf = lf.rename(profile.rename_map()).with_row_index("row")
     return lf.with_columns(
         pl.col(c).str.strip_chars().cast(pl.Float64, strict=False) for c in profile.numeric
-    ).with_columns(pl.col(c).str.strip_chars().replace("", None) for c in profile.categorical)
+    ).with_columns(  # the CSV reader gives null for empty cells; blank ones become null too
+        pl.when(pl.col(c).str.len_bytes() > 0).then(pl.col(c)) for c in profile.categorical
+    )
 
 
 def scan_bbox(path: Path) -> pl.LazyFrame:
@@ -125,7 +128,7 @@ def scan_bbox(path: Path) -> pl.LazyFrame:
     lf = pl.scan_csv(path, separator="\t", infer_schema=False).select(BBOX_COLUMNS[:7])
     return lf.with_columns(
         pl.col(c).str.strip_chars().cast(pl.Float64, strict=False) for c in (*FRAME, *BOX)
-    ).unique(subset="processid", keep="first", maintain_order=True)
+    ).filter(pl.col("processid").is_first_distinct())
 
 
 def join_bbox(lf: pl.LazyFrame, bbox: pl.LazyFrame | None) -> pl.LazyFrame:
@@ -135,7 +138,7 @@ def join_bbox(lf: pl.LazyFrame, bbox: pl.LazyFrame | None) -> pl.LazyFrame:
 
 
 def clip_bbox(lf: pl.LazyFrame) -> pl.LazyFrame:
-    """Clip boxes to the frame; flag boxes that are degenerate or wholly outside."""
+    """Clip boxes to the frame; flag boxes that are degenerate or wholly outside (kept as is)."""
     w = pl.col("width_original").fill_null(DEFAULT_FRAME[0])
     h = pl.col("height_original").fill_null(DEFAULT_FRAME[1])
     has_box = pl.all_horizontal(pl.col(c).is_not_null() for c in BOX)
@@ -148,47 +151,62 @@ def clip_bbox(lf: pl.LazyFrame) -> pl.LazyFrame:
     was_clipped = pl.any_horizontal(clipped[c] != pl.col(c) for c in BOX)
     degenerate = (pl.col("x1") <= pl.col("x0")) | (pl.col("y1") <= pl.col("y0"))
     empty_after_clip = ((clipped["x1"] - clipped["x0"]) < 1) | ((clipped["y1"] - clipped["y0"]) < 1)
+    bad = has_box & (degenerate | empty_after_clip)
     return lf.with_columns(
-        (has_box & (degenerate | empty_after_clip)).alias("_bad_bbox"),
-        (has_box & was_clipped & ~degenerate & ~empty_after_clip).alias("_clipped"),
-        pl.format("bbox ({}, {}, {}, {}) in a {}x{} frame", *BOX, w, h).alias("_bbox_text"),
+        bad.alias("_bad_bbox"), (has_box & was_clipped & ~bad).alias("_clipped")
     ).with_columns(
-        pl.when(has_box).then(expr).otherwise(None).alias(c) for c, expr in clipped.items()
+        pl.when(has_box & ~pl.col("_bad_bbox")).then(expr).otherwise(pl.col(c)).alias(c)
+        for c, expr in clipped.items()
     )
 
 
-def reject_reasons(lf: pl.LazyFrame, cfg: IngestConfig, profile: DatasetProfile) -> pl.LazyFrame:
-    """Add `reason`/`detail` (null for a good row); the first matching reason wins."""
+def reject_reasons(lf: pl.LazyFrame, cfg: IngestConfig) -> pl.LazyFrame:
+    """Add `reason` (null for a good row); the first matching rule wins."""
     pid = pl.col(ID)
-    unsafe = pid.is_null() | ~pid.str.contains(SAFE_KEY_PATTERN)
-    duplicate = pl.int_range(pl.len()).over(ID) > 0
-    target = pl.col(cfg.target)
-    empty_target = target.is_null()
-    bad_split = pl.col("_split").is_null()
     rules = [
-        (
-            unsafe,
-            "unsafe_processid",
-            pl.format("processid '{}' is not a safe file name", pid.fill_null("")),
-        ),
-        (duplicate, "duplicate_processid", pl.lit("processid already used by an earlier row")),
-        (empty_target, "empty_target", pl.lit(f"no {cfg.target} label")),
-        (
-            bad_split,
-            "missing_split",
-            pl.format("split '{}' is not known", pl.col("_raw_split").fill_null("")),
-        ),
-        (pl.col("_bad_bbox"), "bad_bbox", pl.col("_bbox_text")),
+        (pid.is_null() | ~pid.str.contains(SAFE_KEY_PATTERN), "unsafe_processid"),
+        (~pid.is_first_distinct(), "duplicate_processid"),
+        (pl.col(cfg.target).is_null(), "empty_target"),
+        (pl.col("_split").is_null(), "missing_split"),
+        (pl.col("_bad_bbox"), "bad_bbox"),
     ]
-    reason, detail = (
-        pl.when(rules[0][0]).then(pl.lit(rules[0][1])),
-        pl.when(rules[0][0]).then(rules[0][2]),
+    reason = pl.when(rules[0][0]).then(pl.lit(rules[0][1]))
+    for cond, name in rules[1:]:
+        reason = reason.when(cond).then(pl.lit(name))
+    return lf.with_columns(reason.otherwise(None).alias("reason"))
+
+
+def reject_details(rejected: pl.DataFrame, cfg: IngestConfig) -> pl.DataFrame:
+    """A human-readable `detail` per rejected row (computed for the rejects only)."""
+    reason = pl.col("reason")
+    detail = (
+        pl.when(reason == "unsafe_processid")
+        .then(pl.format("processid '{}' is not a safe file name", pl.col(ID).fill_null("")))
+        .when(reason == "duplicate_processid")
+        .then(pl.lit("processid already used by an earlier row"))
+        .when(reason == "empty_target")
+        .then(pl.lit(f"no {cfg.target} label"))
+        .when(reason == "missing_split")
+        .then(pl.format("split '{}' is not known", pl.col("_raw_split").fill_null("")))
+        .otherwise(
+            pl.format(
+                "bbox ({}, {}, {}, {}) in a {}x{} frame",
+                *BOX,
+                pl.col("width_original").fill_null(DEFAULT_FRAME[0]),
+                pl.col("height_original").fill_null(DEFAULT_FRAME[1]),
+            )  # fmt: skip
+        )
     )
-    for cond, name, text in rules[1:]:
-        reason, detail = reason.when(cond).then(pl.lit(name)), detail.when(cond).then(text)
-    return lf.with_columns(
-        reason.otherwise(None).alias("reason"), detail.otherwise(None).alias("detail")
+    return rejected.select(
+        pl.col(ID).alias("processid"),
+        pl.col("_split").alias("split"),
+        pl.lit("plan").alias("stage"),
+        "reason",
+        detail.alias("detail"),
     )
+
+
+_FNV_OFFSET, _FNV_PRIME = 0xCBF29CE484222325, 0x100000001B3
 
 
 def stable_unit_hash(values: pl.Series, salt: str) -> np.ndarray:
@@ -197,18 +215,23 @@ def stable_unit_hash(values: pl.Series, salt: str) -> np.ndarray:
     64-bit FNV-1a over the salted UTF-8 bytes, then the splitmix64 finaliser, vectorised
     over byte positions with numpy (Polars' own hash may change between versions).
     """
-    raw = np.array([(salt + (v or "")).encode() for v in values.to_list()], dtype=bytes)
-    width = max(raw.dtype.itemsize, 1)
-    matrix = (
-        raw.view(np.uint8).reshape(len(raw), width) if len(raw) else np.zeros((0, width), np.uint8)
-    )
-    lengths = np.char.str_len(raw) if len(raw) else np.zeros(0, np.int64)
-    h = np.full(len(raw), 0xCBF29CE484222325, dtype=np.uint64)
-    prime = np.uint64(0x100000001B3)
+    state = _FNV_OFFSET
+    for byte in salt.encode():
+        state = ((state ^ byte) * _FNV_PRIME) % (1 << 64)
+    strings = values.fill_null("").to_list()
+    try:
+        raw = np.array(strings, dtype=bytes) if strings else np.zeros(0, dtype="S1")
+    except UnicodeEncodeError:
+        raw = np.array([v.encode() for v in strings], dtype=bytes)
+    width = raw.dtype.itemsize
+    matrix = raw.view(np.uint8).reshape(len(raw), width)
+    lengths = np.char.str_len(raw)
+    h = np.full(len(raw), state, dtype=np.uint64)
+    prime = np.uint64(_FNV_PRIME)
     with np.errstate(over="ignore"):
         for j in range(width):
             live = lengths > j
-            h = np.where(live, (h ^ matrix[:, j].astype(np.uint64)) * prime, h)
+            h[live] = (h[live] ^ matrix[live, j].astype(np.uint64)) * prime
         h ^= h >> np.uint64(30)
         h *= np.uint64(0xBF58476D1CE4E5B9)
         h ^= h >> np.uint64(27)
@@ -239,13 +262,19 @@ def assign_split(df: pl.DataFrame, cfg: IngestConfig, profile: DatasetProfile) -
 
 
 def order_and_shard(accepted: pl.DataFrame, cfg: IngestConfig) -> pl.DataFrame:
-    """Seeded shuffled order within each split, then consecutive runs of `shard_size`."""
-    accepted = accepted.sort(["split", ID])
-    rng = np.random.default_rng([cfg.seed, 0x5EED])
-    accepted = accepted.with_columns(pl.Series("_rand", rng.permutation(accepted.height)))
-    accepted = accepted.sort(["split", "_rand"]).drop("_rand")
+    """Seeded shuffled order within each split, then consecutive runs of `shard_size`.
+
+    A sample's place comes from a seeded hash of its processid, so the order depends
+    neither on the CSV's row order nor on which other rows are present.
+    """
+    unit = stable_unit_hash(accepted[ID], salt=f"bionas-order:{cfg.seed}:")
+    # one float key (split rank by name + the unit hash): a single-key Polars sort is far
+    # faster than a gather of the wide frame or a sort on string columns
+    key = accepted["split"].rank("dense").to_numpy().astype(np.float64) + unit
+    ordered = accepted.with_columns(pl.Series("_key", key)).sort("_key", maintain_order=True)
+    ordered = ordered.drop("_key")
     size = cfg.resolved_shard_size()
-    return accepted.with_columns(
+    return ordered.with_columns(
         (pl.int_range(pl.len()).over("split") // size).cast(pl.Int64).alias("shard")
     )
 
@@ -259,14 +288,8 @@ def make_plan(cfg: IngestConfig, profile: DatasetProfile) -> Plan:
     except pl.exceptions.ComputeError as exc:
         raise BionasError(f"cannot read {cfg.metadata} as a table: {exc}") from exc
     df = assign_split(df, cfg, profile)
-    df = reject_reasons(df.lazy(), cfg, profile).collect()
-    rejects = df.filter(pl.col("reason").is_not_null()).select(
-        pl.col(ID).alias("processid"),
-        pl.col("_split").alias("split"),
-        pl.lit("plan").alias("stage"),
-        "reason",
-        "detail",
-    )
+    df = reject_reasons(df.lazy(), cfg).collect()
+    rejects = reject_details(df.filter(pl.col("reason").is_not_null()), cfg)
     good = df.filter(pl.col("reason").is_null())
     wanted = good["_split"].is_in(list(cfg.splits)) if cfg.splits else None
     excluded = 0 if wanted is None else int((~wanted).sum())
@@ -274,11 +297,7 @@ def make_plan(cfg: IngestConfig, profile: DatasetProfile) -> Plan:
         good = good.filter(wanted)
     clipped = int(good["_clipped"].sum())
     good = good.rename({"_split": "split"}).drop(
-        [
-            c
-            for c in ("_raw_split", "_bad_bbox", "_clipped", "_bbox_text", "reason", "detail")
-            if c in good.columns
-        ]
+        [c for c in ("_raw_split", "_bad_bbox", "_clipped", "reason") if c in good.columns]
     )
     samples = order_and_shard(good, cfg)
     log.info("plan: %d samples, %d rejects, %d excluded", samples.height, rejects.height, excluded)
