@@ -38,6 +38,8 @@ Two questions, each answered side by side in the same run:
                  one, 324k in the real release) and whose manifest lists as many shards
                  as a 5.15M-sample ingest would (~100 MB each, symlinks to the real
                  ones); and on the small dataset, to show the start does not grow.
+    bionas's start is measured `--start-repeats` times (median start, largest peak), the
+    official one once.
     Memory: peak over the run of the summed RSS of the process and its DataLoader workers
     (psutil, polled every 10 ms), and the summed PSS (shared pages counted once: the
     forked workers share most of the parent's pages, which summed RSS counts again).
@@ -538,8 +540,19 @@ def startup(work: Path, ds: Path, official_small: Path, args) -> tuple[list, lis
                 continue
             label = f"{label}, workers {workers}"
             spec = {**spec, "workers": workers, "label": label, "threads": args.threads}
-            results[label] = run_child(spec)
+            # bionas starts in about a second: repeat it, keep the median start and the
+            # largest peak; the official loader takes minutes and ~10 GB: once
+            repeats = args.start_repeats if spec["kind"] == "bionas" else 1
+            results[label] = summarise([run_child(spec) for _ in range(repeats)])
     return start_rows(results, rows, args), [big_csv, ds_big, official_big], md5
+
+
+def summarise(runs: list[dict]) -> dict:
+    by_start = sorted(runs, key=lambda r: r["first_batch_s"])
+    result = dict(by_start[len(by_start) // 2])
+    for key in ("peak_tree_rss", "peak_tree_pss"):
+        result[key] = max(r[key] for r in runs)
+    return result
 
 
 def start_rows(results: dict, rows: int, args) -> list[list[str]]:
@@ -587,6 +600,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--prepare-only", action="store_true", help="make the data, measure nothing")
     p.add_argument("--skip-steady", action="store_true", help="only (b)")
     p.add_argument("--skip-start", action="store_true", help="only (a)")
+    p.add_argument("--start-repeats", type=int, default=3, help="runs of each bionas start")
     p.add_argument("--no-md5", dest="md5", action="store_false",
                    help="do not time the md5 of the big CSV")  # fmt: skip
     p.add_argument("--child", help=argparse.SUPPRESS)
@@ -594,7 +608,7 @@ def parse_args() -> argparse.Namespace:
     args.images = args.images or (600 if args.quick else 2000)
     args.rows = args.rows or (QUICK_ROWS if args.quick else FULL_ROWS)
     args.rounds = args.rounds or (1 if args.quick else 5)
-    args.warm, args.count = (4, 20) if args.quick else (8, 100)
+    args.warm, args.count = (4, 60) if args.quick else (8, 100)
     args.workers = (0, 2)
     args.start_workers = (0, 2)
     args.official_workers = (2,) if args.rows > 1_000_000 else (0, 2)  # 5M pandas: once
