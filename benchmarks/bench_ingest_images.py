@@ -8,13 +8,16 @@ On the same synthetic 1024x768 JPEGs (with the bboxes of bbox.tsv), in the same 
                 already-resized 256-px image at q90); rate = N / (t_decode + t_encode)
   c. bionas     bionas.ingest.images.process_image, one process
   d. pipeline   bionas.ingest.pipeline.run_ingest (plan, files read from disk, shards,
-                manifest) with --workers 1 and --workers 2
+                manifest) with --workers 1 and --workers 2, each in a fresh process
+  e. ceiling    the machine's own 1 -> 2 core scaling for this work: the process_image
+                loop of (c) in one process, then in two independent processes at once
 
 a-c read the image bytes into memory first (the disk is not measured) and run in this one
-process, so their img/s is per core. Each is timed until it has `--rounds` undisturbed
-timings (interleaved, at most `--max-tries`; undisturbed = the one process got >= 0.95 of
-a core, or for the 2-worker run, other processes used < 0.25 core), and the fastest of
-those is reported with the load it ran under. Results also go to
+process, so their img/s is per core. They are interleaved in blocks of 50 images so all
+four see the same machine conditions; a try is repeated until there are `--rounds`
+undisturbed tries (at most `--max-tries`; undisturbed = the process got >= 0.95 of a
+core; for the 2-worker run d, other processes used < 0.25 core). The fastest undisturbed
+try is reported, with the range of the ratios over all undisturbed tries. Results also go to
 benchmarks/out/bench_ingest_images[-quick].json (read by extrapolate_ingest.py).
 
     python benchmarks/bench_ingest_images.py --quick
@@ -30,9 +33,11 @@ import cProfile
 import io
 import json
 import math
+import multiprocessing as mp
 import os
 import pstats
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -193,43 +198,46 @@ def run_bionas(items, _resized) -> None:
 
 
 METHODS = {"naive": run_naive, "decode": run_decode, "encode": run_encode, "bionas": run_bionas}
+BLOCK = 50  # images per interleaving block
+
+
+def time_try(items, resized, block: int = BLOCK) -> dict[str, float]:
+    """Seconds per method over all images, the methods interleaved block by block.
+
+    Interleaving small blocks gives every method the same machine conditions, so the
+    ratios stay fair on a shared machine whose speed drifts from minute to minute.
+    """
+    totals = dict.fromkeys(METHODS, 0.0)
+    for i in range(0, len(items), block):
+        chunk, small = items[i : i + block], resized[i : i + block]
+        for name, fn in METHODS.items():
+            start = time.perf_counter()
+            fn(chunk, small)
+            totals[name] += time.perf_counter() - start
+    return totals
 
 
 def time_in_process(
     items, resized, rounds: int, max_tries: int, max_wait_s: float
-) -> dict[str, tuple[float, Load]]:
-    """Fastest undisturbed timing per method: name -> (seconds, load).
+) -> tuple[dict[str, float], Load, list[dict[str, float]]]:
+    """Tries until `rounds` undisturbed ones (at most `max_tries`); the fastest try.
 
-    Methods are interleaved; a timing during which other processes used more than
-    DISTURBED_CORES does not count towards `rounds` and is repeated (up to `max_tries`);
-    before each timing we wait up to `max_wait_s` for the machine to be quiet.
+    Returns the chosen try's seconds per method, its load, and every undisturbed try
+    (for the spread of the ratios). Before each try we wait up to `max_wait_s` for quiet.
     """
-    best: dict[str, tuple[float, Load]] = {}
-    need = dict.fromkeys(METHODS, rounds)
+    tries: list[tuple[dict[str, float], Load]] = []
     for attempt in range(max_tries):
-        for name, fn in METHODS.items():
-            if need[name] <= 0:
-                continue
-            wait_for_quiet(max_wait_s, cores=1)
-            with LoadMeter(cores=1) as meter:
-                start = time.perf_counter()
-                fn(items, resized)
-                seconds = time.perf_counter() - start
-            print(
-                f"  try {attempt + 1} {name:<7} {len(items) / seconds:7.1f} img/s  ({meter.load})",
-                flush=True,
-            )
-            need[name] -= not meter.load.disturbed
-            if name not in best or keep_first((seconds, meter.load), best[name]):
-                best[name] = (seconds, meter.load)
-        if all(n <= 0 for n in need.values()):
+        wait_for_quiet(max_wait_s, cores=1)
+        with LoadMeter(cores=1) as meter:
+            seconds = time_try(items, resized)
+        rates = "  ".join(f"{k} {len(items) / v:.1f}" for k, v in seconds.items())
+        print(f"  try {attempt + 1}: img/s {rates}  ({meter.load})", flush=True)
+        tries.append((seconds, meter.load))
+        if sum(not load.disturbed for _, load in tries) >= rounds:
             break
-    return best
-
-
-def keep_first(a: tuple[float, Load], b: tuple[float, Load]) -> bool:
-    """Undisturbed beats disturbed; then faster beats slower."""
-    return (a[1].disturbed, a[0]) < (b[1].disturbed, b[0])
+    good = [t for t in tries if not t[1].disturbed] or tries
+    best = min(good, key=lambda t: sum(t[0].values()))
+    return best[0], best[1], [t[0] for t in good]
 
 
 def ingest_config(
@@ -246,56 +254,144 @@ def ingest_config(
     )
 
 
+def ingest_child(args: dict) -> dict:
+    """In a fresh process: one `run_ingest`, timed; what the parent needs, as JSON."""
+    out = Path(args["out"])
+    shutil.rmtree(out, ignore_errors=True)
+    cfg = ingest_config(
+        Path(args["folder"]), out, args["workers"], args["shard_size"], args.get("limit")
+    )
+    start = time.perf_counter()
+    summary = run_ingest(cfg, progress=False)
+    wall = time.perf_counter() - start
+    shutil.rmtree(out, ignore_errors=True)
+    return {
+        "processed": summary.processed,
+        "shards": summary.shards,
+        "execute_s": summary.seconds,
+        "wall_s": wall,
+    }
+
+
+def ingest_in_fresh_process(
+    folder: Path, workers: int, shard_size: int, limit: int | None = None
+) -> tuple[dict, Load, float]:
+    """`run_ingest` in a new interpreter, as `bionas ingest` runs: result, load, command s."""
+    args = {
+        "folder": str(folder),
+        "out": str(Path(OUT_DIR) / f"ingest-w{workers}"),
+        "workers": workers,
+        "shard_size": shard_size,
+        "limit": limit,
+    }
+    cmd = [sys.executable, __file__, "--child-ingest", json.dumps(args)]
+    with LoadMeter(cores=workers) as meter:
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, check=True, capture_output=True, text=True)
+        command = time.perf_counter() - start
+    return json.loads(proc.stdout.strip().splitlines()[-1]), meter.load, command
+
+
 def startup_seconds(folder: Path, workers: int) -> float:
     """Execute time of a run of one 1-image shard per worker: the pool's fixed start-up cost."""
-    out = Path(OUT_DIR) / f"ingest-startup-w{workers}"
-    shutil.rmtree(out, ignore_errors=True)
-    summary = run_ingest(ingest_config(folder, out, workers, 1, limit=workers), progress=False)
-    shutil.rmtree(out, ignore_errors=True)
-    return summary.seconds
+    result, _, _ = ingest_in_fresh_process(folder, workers, 1, limit=workers)
+    return result["execute_s"]
 
 
-def time_pipeline(
-    folder: Path, workers: int, rounds: int, max_tries: int, max_wait_s: float, shard_size: int
-) -> dict:
-    """Fastest undisturbed fresh `run_ingest` run (no resume: the output is deleted first)."""
-    best: dict | None = None
-    good = 0
+def run_pipeline(folder: Path, workers: int, shard_size: int, attempt: int) -> dict:
+    """One fresh `run_ingest` (new process, no resume), then its pool start-up cost."""
+    run, load, command = ingest_in_fresh_process(folder, workers, shard_size)
+    startup = startup_seconds(folder, workers)
+    result = {
+        "workers": workers,
+        **run,
+        "command_s": command,
+        "summary_img_s": run["processed"] / run["execute_s"],
+        "wall_img_s": run["processed"] / run["wall_s"],
+        "startup_s": startup,
+        "steady_img_s": run["processed"] / max(run["execute_s"] - startup, 1e-9),
+        "disturbed": load.disturbed,
+        "load": str(load),
+    }
+    print(
+        f"  try {attempt + 1} pipeline w{workers}: {result['summary_img_s']:7.1f} img/s execute, "
+        f"{result['wall_img_s']:7.1f} img/s end to end, start-up {startup:.2f} s ({load})",
+        flush=True,
+    )
+    return result
+
+
+def time_pipelines(
+    folder: Path, rounds: int, max_tries: int, max_wait_s: float, shard_size: int
+) -> tuple[dict[int, dict], list[float]]:
+    """--workers 1 and 2 back to back per try, until `rounds` undisturbed pairs.
+
+    Returns the fastest undisturbed run per worker count and the 2-vs-1 ratio of every
+    undisturbed pair (a pair shares the machine's conditions, two fastest runs may not).
+    """
+    best: dict[int, dict] = {}
+    pair_ratios: list[float] = []
     for attempt in range(max_tries):
-        out = Path(OUT_DIR) / f"ingest-w{workers}"
-        shutil.rmtree(out, ignore_errors=True)
-        wait_for_quiet(max_wait_s, cores=workers)
-        with LoadMeter(cores=workers) as meter:
-            start = time.perf_counter()
-            summary = run_ingest(ingest_config(folder, out, workers, shard_size), progress=False)
-            wall = time.perf_counter() - start
-        startup = startup_seconds(folder, workers)
-        result = {
-            "workers": workers,
-            "processed": summary.processed,
-            "shards": summary.shards,
-            "execute_s": summary.seconds,
-            "wall_s": wall,
-            "summary_img_s": summary.images_per_second,
-            "wall_img_s": summary.processed / wall,
-            "startup_s": startup,
-            "steady_img_s": summary.processed / max(summary.seconds - startup, 1e-9),
-            "disturbed": meter.load.disturbed,
-            "load": str(meter.load),
-        }
+        wait_for_quiet(max_wait_s, cores=2)
+        pair = {w: run_pipeline(folder, w, shard_size, attempt) for w in (1, 2)}
+        for w, result in pair.items():
+            rank = (result["disturbed"], result["execute_s"])
+            if w not in best or rank < (best[w]["disturbed"], best[w]["execute_s"]):
+                best[w] = result
+        if not (pair[1]["disturbed"] or pair[2]["disturbed"]):
+            pair_ratios.append(pair[2]["summary_img_s"] / pair[1]["summary_img_s"])
+            if len(pair_ratios) >= rounds:
+                break
+    return best, pair_ratios
+
+
+_CEILING_ITEMS: list[Item] = []  # set before forking, inherited by the pool's processes
+
+
+def _bionas_loop_seconds(_: int) -> float:
+    start = time.perf_counter()
+    run_bionas(_CEILING_ITEMS, None)
+    return time.perf_counter() - start
+
+
+def time_ceiling(items: list[Item], rounds: int, max_tries: int, max_wait_s: float) -> dict:
+    """The machine's own 1 -> 2 core scaling: process_image loops in 1 vs 2 processes.
+
+    No pipeline, no shared work: what two cores of this machine give for this work at
+    best (shared caches, memory bandwidth, SMT siblings or a busy host lower it).
+    Median over `rounds` undisturbed tries.
+    """
+    global _CEILING_ITEMS
+    _CEILING_ITEMS = items
+    quiet, loads = [], []
+    for attempt in range(max_tries):
+        wait_for_quiet(max_wait_s, cores=2)
+        with LoadMeter(cores=2) as meter:
+            one = _bionas_loop_seconds(0)
+            # fork: the children share the images already in memory
+            with mp.get_context("fork").Pool(2) as pool:
+                start = time.perf_counter()
+                pool.map(_bionas_loop_seconds, [0, 1])
+                two = time.perf_counter() - start
+        scaling = one * 2 / two
         print(
-            f"  try {attempt + 1} pipeline w{workers}: {result['summary_img_s']:7.1f} img/s execute, "
-            f"{result['wall_img_s']:7.1f} img/s end to end, start-up {startup:.2f} s ({meter.load})",
+            f"  try {attempt + 1} ceiling: 1 process {len(items) / one:.1f} img/s, "
+            f"2 processes {2 * len(items) / two:.1f} img/s ({scaling:.2f}x) ({meter.load})",
             flush=True,
         )
-        rank = (result["disturbed"], result["execute_s"])
-        if best is None or rank < (best["disturbed"], best["execute_s"]):
-            best = result
-        good += not meter.load.disturbed
-        if good >= rounds:
-            break
-    shutil.rmtree(Path(OUT_DIR) / f"ingest-w{workers}", ignore_errors=True)
-    return best
+        loads.append(str(meter.load))
+        if not meter.load.disturbed:
+            quiet.append(scaling)
+            if len(quiet) >= rounds:
+                break
+    values = quiet or [scaling]
+    return {
+        "scaling": statistics.median(values),
+        "range": f"{min(values):.2f}-{max(values):.2f}",
+        "tries": values,
+        "disturbed": not quiet,
+        "load": loads[-1],
+    }
 
 
 def profile_bionas(items: list[Item], folder: Path, shard_size: int) -> None:
@@ -321,31 +417,57 @@ def verdict(ok: bool) -> str:
     return "met" if ok else "MISSED"
 
 
-def report(n: int, best: dict, pipe: dict[int, dict], info: dict) -> dict:
-    rate = {k: n / v[0] for k, v in best.items()}
-    floor = n / (best["decode"][0] + best["encode"][0])
+def ratio_range(tries: list[dict[str, float]], ratio) -> str:
+    """min-max of a ratio over the undisturbed tries (each try's methods ran side by side)."""
+    values = [ratio(t) for t in tries]
+    return f"{min(values):.2f}-{max(values):.2f}" if len(values) > 1 else "-"
+
+
+def floor_seconds(t: dict[str, float]) -> float:
+    return t["decode"] + t["encode"]
+
+
+def report(
+    n: int,
+    seconds: dict[str, float],
+    load: Load,
+    tries: list[dict],
+    pipe: dict,
+    pair_ratios: list[float],
+    ceiling: dict,
+    info: dict,
+) -> dict:
+    rate = {k: n / v for k, v in seconds.items()}
+    floor = n / floor_seconds(seconds)
     bionas = rate["bionas"]
-    scaling = pipe[2]["summary_img_s"] / pipe[1]["summary_img_s"]
+    # the verdict uses the median over back-to-back pairs (fastest runs only if none quiet)
+    scaling = (
+        statistics.median(pair_ratios)
+        if pair_ratios
+        else pipe[2]["summary_img_s"] / pipe[1]["summary_img_s"]
+    )
+    pairs = f"{min(pair_ratios):.2f}-{max(pair_ratios):.2f}" if len(pair_ratios) > 1 else "-"
     scaling_wall = pipe[2]["wall_img_s"] / pipe[1]["wall_img_s"]
     scaling_steady = pipe[2]["steady_img_s"] / pipe[1]["steady_img_s"]
+    vs_naive = ratio_range(tries, lambda t: t["naive"] / t["bionas"])
+    vs_floor = ratio_range(tries, lambda t: floor_seconds(t) / t["bionas"])
     rows = [
-        [
-            "a. naive PIL loop",
-            f"{rate['naive']:.1f}",
-            f"{bionas / rate['naive']:.2f}x",
-            str(best["naive"][1]),
-        ],
-        ["b. floor: decode + encode", f"{floor:.1f}", f"{bionas / floor:.0%}", "-"],
-        ["   decode only (full frame)", f"{rate['decode']:.1f}", "-", str(best["decode"][1])],
-        ["   encode only (256 px, q90)", f"{rate['encode']:.1f}", "-", str(best["encode"][1])],
-        ["c. bionas process_image", f"{bionas:.1f}", "1.00x", str(best["bionas"][1])],
+        ["a. naive PIL loop", f"{rate['naive']:.1f}", f"{bionas / rate['naive']:.2f}x", vs_naive],
+        ["b. floor: decode + encode", f"{floor:.1f}", f"{bionas / floor:.2f}x", vs_floor],
+        ["   decode only (full frame)", f"{rate['decode']:.1f}", "-", "-"],
+        ["   encode only (256 px, q90)", f"{rate['encode']:.1f}", "-", "-"],
+        ["c. bionas process_image", f"{bionas:.1f}", "1.00x", "-"],
     ]
-    print(f"\n## Per core, {n} images in memory (fastest undisturbed try)\n")
+    print(
+        f"\n## Per core, {n} images in memory, methods interleaved in blocks of {BLOCK} "
+        f"(fastest of {len(tries)} undisturbed tries)\n"
+    )
     print(
         format_table(
-            ["method", "img/s per core", "bionas vs it", "load during the best round"], rows
+            ["method", "img/s per core", "bionas / it", "bionas / it, range over tries"], rows
         )
     )
+    print(f"load during that try: {load}")
     prow = []
     for w, p in sorted(pipe.items()):
         prow.append(
@@ -364,7 +486,7 @@ def report(n: int, best: dict, pipe: dict[int, dict], info: dict) -> dict:
             ]
         )
     print(
-        "\n## Full pipeline (plan + read files + process + shards + manifest; fastest of the rounds)\n"
+        "\n## Full pipeline (plan + read files + process + shards + manifest; fastest undisturbed run)\n"
     )
     print(
         format_table(
@@ -387,21 +509,26 @@ def report(n: int, best: dict, pipe: dict[int, dict], info: dict) -> dict:
     targets = [
         [
             "bionas >= 2x naive per core",
-            f"{bionas / rate['naive']:.2f}x",
+            f"{bionas / rate['naive']:.2f}x (tries: {vs_naive})",
             verdict(bionas >= TARGET_VS_NAIVE * rate["naive"]),
         ],
         [
             "bionas >= 85% of the floor",
-            f"{bionas / floor:.0%}",
+            f"{bionas / floor:.0%} (tries: {vs_floor})",
             verdict(bionas >= TARGET_VS_FLOOR * floor),
         ],
         [
-            "1 -> 2 workers >= 1.8x (summary img/s)",
-            f"{scaling:.2f}x",
+            "1 -> 2 workers >= 1.8x (summary img/s, median of quiet pairs)",
+            f"{scaling:.2f}x (pairs: {pairs})",
             verdict(scaling >= TARGET_SCALING),
         ],
-        ["1 -> 2 workers, end to end (info)", f"{scaling_wall:.2f}x", "-"],
-        ["1 -> 2 workers, after pool start-up (info)", f"{scaling_steady:.2f}x", "-"],
+        ["1 -> 2 workers, end to end, fastest runs (info)", f"{scaling_wall:.2f}x", "-"],
+        ["1 -> 2 workers, after pool start-up, fastest runs (info)", f"{scaling_steady:.2f}x", "-"],
+        [
+            "(info) this machine's ceiling: process_image in 1 vs 2 processes",
+            f"{ceiling['scaling']:.2f}x (tries: {ceiling['range']})",
+            "-",
+        ],
     ]
     print("\n## Targets (issue 2)\n")
     print(format_table(["target", "measured", "verdict"], targets))
@@ -409,11 +536,15 @@ def report(n: int, best: dict, pipe: dict[int, dict], info: dict) -> dict:
     return {
         "images": n,
         "img_s_per_core": {**rate, "floor": floor},
+        "load": str(load),
+        "tries": [{k: n / v for k, v in t.items()} for t in tries],
         "pipeline": {str(w): p for w, p in pipe.items()},
+        "ceiling": ceiling,
         "ratios": {
             "bionas_vs_naive": bionas / rate["naive"],
             "bionas_vs_floor": bionas / floor,
             "scaling_1_to_2": scaling,
+            "scaling_1_to_2_pairs": pair_ratios,
             "scaling_1_to_2_end_to_end": scaling_wall,
             "scaling_1_to_2_after_startup": scaling_steady,
         },
@@ -427,9 +558,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--quick", action="store_true", help="400 images, 1 round, 1 pipeline round (~1-2 min)"
+        "--quick", action="store_true", help="1000 images, 1 round, 1 pipeline round (~1-2 min)"
     )
-    parser.add_argument("--n", type=int, help="synthetic images (default 3000, quick 400)")
+    parser.add_argument("--n", type=int, help="synthetic images (default 3000, quick 1000)")
     parser.add_argument(
         "--rounds", type=int, help="undisturbed timings of a-c wanted (default 3, quick 1)"
     )
@@ -441,7 +572,7 @@ def main() -> None:
     parser.add_argument(
         "--pipeline-rounds",
         type=int,
-        help="undisturbed runs of d per worker count (default 2, quick 1)",
+        help="undisturbed pairs of d (1 and 2 workers) and of e (default 3, quick 1)",
     )
     parser.add_argument(
         "--data", type=Path, help="a `bionas synth` folder (default benchmarks/out/synth-N)"
@@ -453,10 +584,14 @@ def main() -> None:
         help="before each timing, wait up to this many seconds for other processes to go idle",
     )
     parser.add_argument("--profile", action="store_true", help="also print cProfile of c and d")
+    parser.add_argument("--child-ingest", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    n = args.n or (400 if args.quick else 3000)
+    if args.child_ingest:
+        print(json.dumps(ingest_child(json.loads(args.child_ingest))))
+        return
+    n = args.n or (1000 if args.quick else 3000)
     rounds = args.rounds or (1 if args.quick else 3)
-    pipeline_rounds = args.pipeline_rounds or (1 if args.quick else 2)
+    pipeline_rounds = args.pipeline_rounds or (1 if args.quick else 3)
     max_tries = args.max_tries or (3 if args.quick else 8)
     folder = args.data or Path(OUT_DIR) / f"synth-{n}"
     os.makedirs(OUT_DIR, exist_ok=True)
@@ -472,16 +607,17 @@ def main() -> None:
         f"{len(items)} images in memory ({mean_bytes / 1024:.0f} KiB mean JPEG); "
         f"{drafted:.0%} of the crops are >= 2x the output, so bionas draft-decodes them"
     )
-    best = time_in_process(items, resized, rounds, max_tries, args.wait_quiet)
+    seconds, load, tries = time_in_process(items, resized, rounds, max_tries, args.wait_quiet)
     # ~12 shards per run so two workers stay evenly loaded (the default ~3,000-sample
     # shards would give a small run one or two shards per split)
     shard_size = max(16, math.ceil(len(items) / 12))
     print(f"timing d (shard size {shard_size}) ...")
-    pipe = {
-        w: time_pipeline(folder, w, pipeline_rounds, max_tries, args.wait_quiet, shard_size)
-        for w in (1, 2)
-    }
-    result = report(len(items), best, pipe, info)
+    pipe, pair_ratios = time_pipelines(
+        folder, pipeline_rounds, max_tries, args.wait_quiet, shard_size
+    )
+    print("timing the machine's 1 -> 2 core ceiling ...")
+    ceiling = time_ceiling(items, pipeline_rounds, max_tries, args.wait_quiet)
+    result = report(len(items), seconds, load, tries, pipe, pair_ratios, ceiling, info)
     result["mean_source_bytes"] = mean_bytes
     result["draft_share"] = drafted
     result["command"] = " ".join(["python", "benchmarks/bench_ingest_images.py", *sys.argv[1:]])

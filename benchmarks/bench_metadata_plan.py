@@ -287,6 +287,8 @@ def report(rows: int, csv_bytes: int, results: dict[str, dict], info: dict) -> l
             )
         print("\n## Targets (issue 2)\n")
         print(format_table(["target", "measured", "verdict"], checks))
+        if rows != FULL_ROWS:
+            print(f"(the targets are for {FULL_ROWS:,} rows; this run has {rows:,})")
     print(f"\n{machine_line(info)}\n{uptime_line()}")
     return table
 
