@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from bionas.trainer.cell import MixedOp
+from bionas.trainer.cell import MixedOp, activation_dtype
 from bionas.trainer.config import Amp, TrainConfig
 from bionas.trainer.loop import StepResult, train_step
 from bionas.trainer.model import BioAutoMLNAS, ModelConfig, build_model
@@ -66,8 +66,22 @@ def naive_stack_forward(
     return (outputs * alpha_row.view(-1, 1, 1, 1, 1)).sum(0)
 
 
+def opwise_forward(self: MixedOp, x: Tensor, alpha_row: Tensor, active: Sequence[bool]) -> Tensor:
+    """bionas before the stacked product: `out + α_k * o_k` op by op over the active ops,
+    in the activation dtype (two kernels per op)."""
+    dtype = activation_dtype(x)
+    out = None
+    for k, name in enumerate(OP_NAMES):
+        if name == ZERO or not active[k]:
+            continue
+        term = self.ops[name](x).to(dtype) * alpha_row[k].to(dtype)
+        out = term if out is None else out + term
+    return self.zero(x).to(dtype) if out is None else out
+
+
 VARIANTS: dict[str, Callable | None] = {
     "bionas": None,  # MixedOp.forward as shipped
+    "opwise": opwise_forward,
     "naive-sum": naive_sum_forward,
     "naive-stack": naive_stack_forward,
 }

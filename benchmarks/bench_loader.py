@@ -297,7 +297,15 @@ def endless(loader):
 
 
 def batch_images(batch) -> int:
-    return len(batch) if hasattr(batch, "keys") else len(batch[0])
+    """Images in a batch made ready for the model. A bionas batch carries uint8 pixels
+    that the trainer normalises after the copy to the device: on a CPU run that happens
+    in the main process, so it is done (and timed) here."""
+    if hasattr(batch, "keys"):
+        from bionas.trainer.data import normalize_images
+
+        normalize_images(batch.images)
+        return len(batch)
+    return len(batch[0])
 
 
 # ---- (a) steady state ---------------------------------------------------------------

@@ -26,12 +26,14 @@ from bionas.shards.reader import (
 from bionas.shards.writer import Sample, write_shard
 from bionas.trainer.data import (
     BIOSCAN_MEAN,
+    BIOSCAN_STD,
     BatchStream,
     HeldOut,
     StreamPosition,
     StreamSpec,
     load_encoding,
     make_loader,
+    normalize_images,
     preprocess_image,
 )
 
@@ -245,6 +247,16 @@ def test_preprocess_resizes_the_shorter_side_centre_crops_and_normalises():
         tensor = preprocess_image(source, 48)
         assert tensor.shape == (3, 48, 48) and tensor.dtype == torch.float32
         assert tensor.abs().max() < 0.05  # the mean colour normalises to ~0
+
+
+def test_batches_carry_uint8_pixels_that_normalise_like_the_float_transform(dataset):
+    shards = tuple(load_manifest(dataset).shard_paths("train"))
+    spec = StreamSpec(shards, batch_size=8, image_size=32, num_batches=1, shuffle=False)
+    batch = next(iter(BatchStream(spec, encoding_of(dataset))))
+    assert batch.images.dtype == torch.uint8 and batch.images.shape == (8, 3, 32, 32)
+    pixels = batch.images.float() / 255.0
+    mean, std = torch.tensor(BIOSCAN_MEAN).view(3, 1, 1), torch.tensor(BIOSCAN_STD).view(3, 1, 1)
+    torch.testing.assert_close(normalize_images(batch.images), (pixels - mean) / std)
 
 
 def test_an_endless_stream_over_only_broken_shards_fails_instead_of_spinning(tmp_path):

@@ -109,7 +109,9 @@ def memory_fraction(gpu_memory_gb: float, total_bytes: int) -> float:
 
 def cap_gpu_memory(gpu_memory_gb: float, device: torch.device) -> float:
     """Cap this process's CUDA memory (e.g. 12 to emulate an RTX 3060); returns the fraction."""
-    total = torch.cuda.get_device_properties(device).total_memory
+    # "cuda" without an index means the current device; the memory calls want an index
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    total = torch.cuda.get_device_properties(index).total_memory
     fraction = memory_fraction(gpu_memory_gb, total)
     if fraction >= 1.0:
         log.warning(
@@ -118,7 +120,7 @@ def cap_gpu_memory(gpu_memory_gb: float, device: torch.device) -> float:
             total / 2**30,
         )
         return 1.0
-    torch.cuda.set_per_process_memory_fraction(fraction, device)
+    torch.cuda.set_per_process_memory_fraction(fraction, index)
     return fraction
 
 

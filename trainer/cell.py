@@ -47,18 +47,24 @@ class MixedOp(nn.Module):
     def forward(self, x: Tensor, alpha_row: Tensor, active: Sequence[bool]) -> Tensor:
         """alpha_row: α in `OP_NAMES` order (fp32); active: host-side prune mask, same order.
 
-        Sums op by op in the activation dtype: stacking the outputs and multiplying by a
-        broadcast fp32 α would promote to fp32 under AMP and double the memory.
+        The weighted sum runs in the activation dtype as one matrix-vector product,
+        α[active] @ stack(outputs): a constant number of kernels per edge, forward and
+        backward, however many ops are active (an op-by-op `out + α_k * o_k` costs two
+        kernels per op, and on a GPU at small widths the step is bound by kernel
+        launches). Multiplying a stack by a broadcast fp32 α instead would promote the
+        product to fp32 under AMP and double the memory.
         """
         dtype = activation_dtype(x)
-        out: Tensor | None = None
-        for k, name in enumerate(OP_NAMES):
-            if name == ZERO or not active[k]:
-                continue  # pruned (α < threshold): not executed at all
-            y = self.ops[name](x).to(dtype)  # pools/skip keep x's dtype, convs autocast
-            term = y * alpha_row[k].to(dtype)
-            out = term if out is None else out + term
-        return self.zero(x).to(dtype) if out is None else out
+        live = [k for k, name in enumerate(OP_NAMES) if name != ZERO and active[k]]
+        if not live:  # every non-zero op pruned: the edge outputs zeros
+            return self.zero(x).to(dtype)
+        # pools/skip keep x's dtype, convs autocast: bring every output to one dtype
+        outputs = [self.ops[OP_NAMES[k]](x).to(dtype) for k in live]
+        weights = alpha_row.to(dtype)
+        if len(outputs) == 1:
+            return outputs[0] * weights[live[0]]
+        picked = torch.stack([weights[k] for k in live])  # one kernel; no host->device copy
+        return torch.tensordot(picked, torch.stack(outputs), dims=1)
 
 
 def activation_dtype(x: Tensor) -> torch.dtype:

@@ -57,6 +57,7 @@ from bionas.trainer.data import (
     arch_spec,
     epoch_length,
     make_loader,
+    normalize_images,
     train_spec,
     val_spec,
 )
@@ -270,8 +271,9 @@ def train_step(
 
 
 def _to_device(batch: Batch, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """The batch on `device`, its uint8 images normalised there."""
     return (
-        batch.images.to(device, non_blocking=True),
+        normalize_images(batch.images.to(device, non_blocking=True)),
         batch.meta.to(device, non_blocking=True),
         batch.labels.to(device, non_blocking=True),
     )
