@@ -14,8 +14,8 @@ from datasets import make_tiny_dataset, tiny_jpeg  # tests/datasets.py
 
 from bionas.manifests.manifest import load_manifest
 from bionas.manifests.vocab import build_vocab, write_vocab
-from bionas.trainer.evaluate import training_dna_bins
 from bionas.trainer.metrics import unseen_bin_mask
+from bionas.trainer.unseen_bins import training_dna_bins
 
 
 def train_bins_from_records(dataset) -> set[str]:
