@@ -31,7 +31,8 @@ import sys
 import time
 from pathlib import Path
 
-from reporting import OUT_DIR, LoadMeter, format_table, machine, machine_line, uptime_line
+from _common_data import BIONAS
+from reporting import LoadMeter, format_table, machine, machine_line, uptime_line, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 SETUPS = (  # name, processes, threads per process, per-rank batch as a fraction of B
@@ -56,7 +57,7 @@ def make_dataset(folder: Path, samples: int, image_size: int) -> Path:
 
 def run_setup(dataset: Path, out: Path, processes: int, threads: int, batch: int, p: dict) -> dict:
     """One training run in a subprocess; its steady-state throughput and wall time."""
-    launcher = [sys.executable, "-m", "bionas"]
+    launcher = BIONAS
     if processes > 1:
         launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                     "--nproc-per-node", str(processes), "-m", "bionas"]  # fmt: skip
@@ -125,13 +126,10 @@ def main() -> None:
               "vs 1 proc 2 threads", "vs 1 proc 1 thread", "wall s", "load"]  # fmt: skip
     print(format_table(header, rows))
     print(f"\n{machine_line(info)}\n{uptime_line()}")
-    os.makedirs(OUT_DIR, exist_ok=True)
-    body = {"params": p, "results": results, "machine": info,
-            "command": " ".join(["python", "benchmarks/bench_ddp.py", *sys.argv[1:]])}  # fmt: skip
     suffix = "" if len(chosen) == len(SETUPS) else "-setups-" + args.setups.replace(",", "")
-    path = Path(OUT_DIR) / f"bench_ddp-{name}{suffix}.json"
-    path.write_text(json.dumps(body, indent=1) + "\n")
-    print(f"wrote {path}")
+    write_results(
+        f"bench_ddp-{name}{suffix}.json", {"params": p, "results": results, "machine": info}
+    )
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
+from _common_data import synth_once
 from PIL import Image
 from reporting import (
     OUT_DIR,
@@ -55,6 +56,7 @@ from reporting import (
     machine_line,
     uptime_line,
     wait_for_quiet,
+    write_results,
 )
 
 from bionas.ingest.config import IngestConfig
@@ -72,24 +74,6 @@ class Item:
     data: bytes
     bbox: tuple[float, float, float, float] | None
     frame: tuple[int, int] | None
-
-
-def ensure_dataset(folder: Path, n: int) -> None:
-    """A synthetic BIOSCAN-5M layout of `n` rows (made once with `bionas synth`, then reused)."""
-    if (folder / "metadata.csv").exists() and (folder / "bbox.tsv").exists():
-        return
-    print(f"generating {n} synthetic images in {folder} (once) ...", flush=True)
-    bionas = Path(sys.executable).with_name("bionas")
-    cmd = [
-        str(bionas) if bionas.exists() else "bionas",
-        "synth",
-        str(folder),
-        "--n",
-        str(n),
-        "--seed",
-        "0",
-    ]
-    subprocess.run(cmd, check=True)
 
 
 def load_items(folder: Path) -> list[Item]:
@@ -598,7 +582,7 @@ def main() -> None:
     info = machine()
     print(f"{machine_line(info)}\n{uptime_line()}\n")
 
-    ensure_dataset(folder, n)
+    synth_once(folder, n, "--seed", 0)  # a synthetic BIOSCAN-5M layout, reused by later runs
     items = load_items(folder)
     resized = resized_images(items)
     mean_bytes = sum(len(i.data) for i in items) / len(items)
@@ -620,10 +604,8 @@ def main() -> None:
     result = report(len(items), seconds, load, tries, pipe, pair_ratios, ceiling, info)
     result["mean_source_bytes"] = mean_bytes
     result["draft_share"] = drafted
-    result["command"] = " ".join(["python", "benchmarks/bench_ingest_images.py", *sys.argv[1:]])
     name = "bench_ingest_images-quick.json" if args.quick else "bench_ingest_images.json"
-    Path(OUT_DIR, name).write_text(json.dumps(result, indent=2, default=str))
-    print(f"results: {Path(OUT_DIR, name)}")
+    write_results(name, result)
     if args.profile:
         profile_bionas(items, folder, shard_size)
 

@@ -22,16 +22,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from reporting import OUT_DIR, LoadMeter, format_table, machine, machine_line, uptime_line
+from _common_data import run_bionas
+from reporting import LoadMeter, format_table, machine, machine_line, uptime_line, write_results
 
-BIONAS = str(Path(sys.executable).with_name("bionas"))
 MODELS = {  # name -> extra `bionas train` options
     "meta-dropout 0": ["--meta-dropout", "0"],
     "meta-dropout 0.5": ["--meta-dropout", "0.5"],
@@ -44,8 +41,7 @@ TRAIN = ["--device", "cpu", "--channels", "8", "--cells", "3", "--image-size", "
 def bionas(*args: object) -> None:
     # One torch thread: on a small shared CPU a tiny model trains ~10-30x faster than with
     # the default thread count (measured: 9 vs 270 img/s on 2 busy cores).
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([BIONAS, *map(str, args)], check=True, stdout=subprocess.DEVNULL, env=env)
+    run_bionas(*args, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 def prepare(data: Path, n: int, min_count: int) -> tuple[Path, Path]:
@@ -163,12 +159,9 @@ def main() -> None:
     }
     report(results, seeds)
     print(f"\n{machine_line(info)}\n{uptime_line()}")
-    os.makedirs(OUT_DIR, exist_ok=True)
     name = "bench_meta_dropout-quick.json" if args.quick else "bench_meta_dropout.json"
-    body = {"n": n, "epochs": epochs, "seeds": seeds, "results": results, "machine": info,
-            "command": " ".join(["python", "benchmarks/bench_meta_dropout.py", *sys.argv[1:]])}  # fmt: skip
-    Path(OUT_DIR, name).write_text(json.dumps(body, indent=2))
-    print(f"results: {Path(OUT_DIR, name)}")
+    body = {"n": n, "epochs": epochs, "seeds": seeds, "results": results, "machine": info}
+    write_results(name, body)
 
 
 if __name__ == "__main__":

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import argparse
 import re
-import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _common_data import BIONAS
+from reporting import format_table, machine_line, uptime_line
 
 
 def run(cmd: list[str]) -> tuple[float, str]:
@@ -31,30 +32,26 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1500)
     args = parser.parse_args()
     n = 400 if args.quick else args.n
-    bionas = [sys.executable, "-m", "bionas"]
+    print(f"{machine_line()}\n{uptime_line()}\n", flush=True)
     with tempfile.TemporaryDirectory(prefix="bionas-ray-bench-") as tmp:
         data = Path(tmp) / "data"
-        run([*bionas, "synth", str(data), "--n", str(n), "--quiet"])
+        run([*BIONAS, "synth", str(data), "--n", str(n), "--quiet"])
         common = [str(data / "metadata.csv"), "--images", str(data / "images" / "original_full"),
                   "--bbox", str(data / "bbox.tsv"), "--workers", "2", "--quiet",
                   "--shard-size", "100"]  # fmt: skip
-        rows = []
+        rows, shards = [], {}
         for executor in ("local", "ray"):
             out_dir = Path(tmp) / executor
             wall, out = run(
-                [*bionas, "ingest", *common, "--out", str(out_dir), "--executor", executor]
+                [*BIONAS, "ingest", *common, "--out", str(out_dir), "--executor", executor]
             )
             match = re.search(r"processed (\d+) images in ([\d.]+) s \((\d+) img/s\)", out)
             images, seconds, rate = int(match[1]), float(match[2]), int(match[3])
-            rows.append((executor, images, seconds, rate, wall))
-            shards = sorted(p.read_bytes() for p in (out_dir / "shards").glob("*/*.tar"))
-            rows[-1] += (hash(tuple(shards)),)
-        shutil.rmtree(data, ignore_errors=True)
-    print(f"{'executor':<8} {'images':>7} {'execute s':>10} {'img/s':>7} {'command s':>10}")
-    for executor, images, seconds, rate, wall, _ in rows:
-        print(f"{executor:<8} {images:>7} {seconds:>10.1f} {rate:>7} {wall:>10.1f}")
+            rows.append([executor, images, f"{seconds:.1f}", rate, f"{wall:.1f}"])
+            shards[executor] = sorted(p.read_bytes() for p in (out_dir / "shards").glob("*/*.tar"))
+    print(format_table(["executor", "images", "execute s", "img/s", "command s"], rows))
     print(f"ray / local img/s: {rows[1][3] / rows[0][3]:.2f}")
-    print("identical shards:", rows[0][5] == rows[1][5])
+    print("identical shards:", shards["local"] == shards["ray"])
 
 
 if __name__ == "__main__":

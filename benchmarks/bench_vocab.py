@@ -35,17 +35,24 @@ import tempfile
 import time
 from pathlib import Path
 
-from reporting import OUT_DIR, LoadMeter, format_table, machine, machine_line, uptime_line
+from _common_data import BIONAS, synth_once
+from reporting import (
+    LoadMeter,
+    format_table,
+    machine,
+    machine_line,
+    uptime_line,
+    warm_page_cache,
+    write_results,
+)
+
+from bionas.ingest.profiles import get_profile
 
 FULL = {"insects-1m": 1_017_036, "bioscan-5m": 5_150_850}
 QUICK = {"insects-1m": 100_000, "bioscan-5m": 200_000}
 METHODS = ("bionas", "pandas")
-BIOSCAN_FIELDS = ("phylum", "class", "order", "family", "subfamily", "genus", "species",
-                  "taxon", "country", "province_state", "dna_bin")  # fmt: skip
-INSECTS_FIELDS = ("class", "order", "suborder", "superfamily", "family", "subfamily", "tribe",
-                  "subtribe", "genus", "species")  # fmt: skip
-FIELDS = {"insects-1m": INSECTS_FIELDS, "bioscan-5m": BIOSCAN_FIELDS}
-BIONAS = str(Path(sys.executable).with_name("bionas"))
+# the fields `bionas vocab` counts; the built-in profiles name their columns as the fields
+FIELDS = {name: get_profile(name).categorical for name in FULL}
 
 
 def child_pandas(csv: Path, fields: list[str]) -> dict:
@@ -84,29 +91,16 @@ def ensure_table(profile: str, rows: int, folder: Path, given: Path | None) -> P
     if profile == "bioscan-5m" and rows == FULL[profile] and (found := find_bioscan(rows)):
         print(f"reusing {found} ({rows:,} rows)", flush=True)
         return found
-    csv = folder / f"{profile}-{rows}" / "metadata.csv"
-    if not csv.exists():
-        print(f"generating {rows:,} {profile} rows in {csv.parent} (once) ...", flush=True)
-        start = time.perf_counter()
-        cmd = [BIONAS, "synth", str(csv.parent), "--profile", profile, "--n", str(rows),
-               "--no-images", "--quiet"]  # fmt: skip
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-        print(f"  done in {time.perf_counter() - start:.1f} s", flush=True)
-    return csv
-
-
-def warm_cache(path: Path) -> None:
-    with open(path, "rb") as handle:
-        while handle.read(1 << 24):
-            pass
+    table = synth_once(folder / f"{profile}-{rows}", rows, "--profile", profile, "--no-images")
+    return table / "metadata.csv"
 
 
 def measure(method: str, profile: str, csv: Path) -> dict:
     """One run in a fresh subprocess: wall, work and peak RSS."""
-    warm_cache(csv)
+    warm_page_cache(csv)
     with tempfile.TemporaryDirectory() as out:
         if method == "bionas":
-            cmd = [BIONAS, "vocab", str(csv), "--profile", profile, "--out", out]
+            cmd = [*BIONAS, "vocab", str(csv), "--profile", profile, "--out", out]
         else:
             cmd = [sys.executable, __file__, "--child", str(csv), "--fields",
                    ",".join(FIELDS[profile])]  # fmt: skip
@@ -178,12 +172,8 @@ def main() -> None:
             results.append({**best, "profile": profile, "rows": rows, "csv": str(csv),
                             "csv_bytes": csv.stat().st_size})  # fmt: skip
     report(results, info)
-    os.makedirs(OUT_DIR, exist_ok=True)
     name = "bench_vocab-quick.json" if args.quick else "bench_vocab.json"
-    body = {"results": results, "machine": info,
-            "command": " ".join(["python", "benchmarks/bench_vocab.py", *sys.argv[1:]])}  # fmt: skip
-    Path(OUT_DIR, name).write_text(json.dumps(body, indent=2))
-    print(f"results: {Path(OUT_DIR, name)}")
+    write_results(name, {"results": results, "machine": info})
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""What every benchmark prints: the machine it ran on, how busy it was, result tables.
+"""What every benchmark prints: the machine it ran on, how busy it was, result tables, and
+the JSON file of its results.
 
 Imported by the scripts beside it (`python benchmarks/<script>.py` puts this folder on
 `sys.path`). Measurements on a shared machine are only as good as the quiet around them,
@@ -10,12 +11,15 @@ measurement that needs every core, when others used more than 0.25 core.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from importlib import metadata
+from pathlib import Path
 
 import psutil
 
@@ -162,6 +166,14 @@ def wait_for_quiet(max_wait_s: float, cores: int = 1, probe_s: float = 2.0) -> f
             return others
 
 
+def warm_page_cache(*paths: Path) -> None:
+    """Read the files once, so that no measurement pays for the disk and all pay alike."""
+    for path in paths:
+        with open(path, "rb") as handle:
+            while handle.read(1 << 24):
+                pass
+
+
 def uptime_line() -> str:
     one, five, fifteen = os.getloadavg()
     return f"load average: {one:.2f}, {five:.2f}, {fifteen:.2f}"
@@ -177,3 +189,13 @@ def format_table(header: list[str], rows: list[list[object]]) -> str:
 
     rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     return "\n".join([line(cells[0]), rule, *(line(r) for r in cells[1:])])
+
+
+def write_results(name: str, body: dict[str, object]) -> Path:
+    """Write `body` and the command that made it to OUT_DIR/`name` (JSON); says where."""
+    os.makedirs(OUT_DIR, exist_ok=True)
+    command = " ".join(["python", f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]])
+    path = Path(OUT_DIR, name)
+    path.write_text(json.dumps({**body, "command": command}, indent=2, default=str) + "\n")
+    print(f"results: {path}")
+    return path

@@ -1,7 +1,7 @@
 """Synthetic datasets in the layout of a real release: `bionas synth --profile NAME`.
 
-`generate` dispatches on the profile: `bioscan-5m` (this module, with the tree of life and
-the rows in `synth_bioscan`) or `insects-1m` (`synth_insects`). The shared parts live here:
+`generate` dispatches on the profile: `bioscan-5m` (this module, with the tree of life in
+`synth_bioscan_tree` and the rows in `synth_bioscan_rows`) or `insects-1m` (`synth_insects`). The shared parts live here:
 the options, the summary, the output folder and the process pool that draws the images.
 
 BIOSCAN-5M: OUT_DIR/metadata.csv, bbox.tsv, images/original_full/<split>/[<chunk>/]
@@ -30,16 +30,8 @@ import polars as pl
 from tqdm import tqdm
 
 from bionas.errors import BionasError
-from bionas.ingest.synth_bioscan import (
-    ORDERS,
-    SPLITS,
-    Rows,
-    Taxonomy,
-    bbox_frame,
-    build_taxonomy,
-    metadata_frame,
-    sample_rows,
-)
+from bionas.ingest.synth_bioscan_rows import SPLITS, Rows, bbox_frame, metadata_frame, sample_rows
+from bionas.ingest.synth_bioscan_tree import ORDERS, Taxonomy, build_taxonomy
 from bionas.ingest.synth_images import WIDTH, ImageTask, write_image
 
 log = logging.getLogger(__name__)

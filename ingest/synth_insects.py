@@ -31,7 +31,7 @@ import polars as pl
 from bionas.errors import BionasError
 from bionas.ingest.profiles import INSECTS_1M_COLUMNS
 from bionas.ingest.synth import SynthConfig, SynthSummary, draw_images, image_pool, prepare_out_dir
-from bionas.ingest.synth_bioscan import coprime, stems
+from bionas.ingest.synth_bioscan_tree import coprime, stems
 from bionas.ingest.synth_images import HEIGHT, WIDTH, ImageTask, encode, render_specimen
 
 log = logging.getLogger(__name__)

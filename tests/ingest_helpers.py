@@ -52,3 +52,8 @@ def read_samples(dataset: Path) -> dict[str, dict]:
                     json.loads(payload) if ext == "json" else payload
                 )
     return samples
+
+
+def split_records(dataset: Path, split: str) -> list[dict]:
+    """Every record of one split, in shard order, read plainly as `read_samples` reads them."""
+    return [s["record"] for s in read_samples(dataset).values() if s["split"] == split]

@@ -4,26 +4,16 @@
 from __future__ import annotations
 
 import json
-import tarfile
 from pathlib import Path
 
 import pytest
-from ingest_helpers import ingest, run_cli
+from ingest_helpers import ingest, run_cli, split_records
 
 from bionas.trainer.run import load_trained
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 TINY_TRAIN = ["--device", "cpu", "--channels", "4", "--cells", "3", "--image-size", "32",
               "--max-steps", "4", "--batch-size", "8", "--workers", "0", "--quiet"]  # fmt: skip
-
-
-def records(dataset: Path, split: str) -> list[dict]:
-    """Every record of a split, read with tarfile + json (not bionas's reader)."""
-    out = []
-    for shard in sorted((dataset / "shards" / split).glob("*.tar")):
-        with tarfile.open(shard) as tar:
-            out += [json.loads(tar.extractfile(m).read()) for m in tar if m.name.endswith(".json")]
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -45,16 +35,6 @@ def pair(tmp_path_factory, torch_single_thread_module) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def torch_single_thread_module():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
 def report(pair) -> dict:
     return json.loads((pair["eval"] / "metrics.json").read_text())
 
@@ -68,7 +48,7 @@ def test_the_run_trained_with_meta_dropout_on_dna_bin_and_class(pair):
 def test_insects_1m_classes_the_model_cannot_know_are_counted_not_scored(pair, report):
     run = load_trained(pair["run"])
     known = set(run.vocabs["order"].values[1:]) | set(run.vocabs["order"].folded)
-    test = records(pair["insects"], "test")
+    test = split_records(pair["insects"], "test")
     unknown = [r["order"] for r in test if r["order"] not in known]
     assert report["cross_dataset"] is True
     assert report["samples"]["in_split"] == len(test)
@@ -86,7 +66,7 @@ def test_shared_classes_are_scored_under_the_models_own_names(pair, report):
     assert every["n_samples"] == report["samples"]["evaluated"] > 0
     assert report["class_names"] == run.class_names
     expected: dict[str, int] = {}
-    for r in records(pair["insects"], "test"):
+    for r in split_records(pair["insects"], "test"):
         index = run.vocabs["order"].lookup(r["order"])  # folded orders land in Other
         if index:
             name = run.vocabs["order"].values[index]
@@ -103,7 +83,7 @@ def test_metadata_insects_1m_lacks_is_fed_as_unknown(pair, report):
         "absent_from_dataset_fed_as_unknown": ["dna_bin"],
     }
     run = load_trained(pair["run"])
-    test = records(pair["insects"], "test")
+    test = split_records(pair["insects"], "test")
     indices = [run.meta_indices(r)[0].tolist() for r in test]
     assert all(dna_bin == 0 for dna_bin, _ in indices)  # no dna_bin in any record
     insects = [cls for r, (_, cls) in zip(test, indices, strict=True) if r["class"] == "Insecta"]

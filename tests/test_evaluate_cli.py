@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import json
 import random
-import tarfile
 from collections import Counter
 
 import numpy as np
 import pytest
 from datasets import make_tiny_dataset, tiny_jpeg  # tests/datasets.py
+from ingest_helpers import split_records
 
 from bionas.manifests.manifest import load_manifest
 from bionas.manifests.vocab import build_vocab, write_vocab
-from bionas.trainer.evaluate import training_dna_bins
 from bionas.trainer.metrics import unseen_bin_mask
+from bionas.trainer.unseen_bins import training_dna_bins
+
+# tiny models run faster on one thread than with threads competing on a small CPU
+pytestmark = pytest.mark.usefixtures("torch_single_thread_module")
 
 
 def train_bins_from_records(dataset) -> set[str]:
@@ -78,30 +81,8 @@ def invoke(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
-def records_of(dataset, split) -> list[dict]:
-    """Every record of a split, read with tarfile + json (not bionas's reader)."""
-    out = []
-    for shard in sorted((dataset / "shards" / split).iterdir()):
-        with tarfile.open(shard) as tar:
-            for member in tar.getmembers():
-                if member.name.endswith(".json"):
-                    out.append(json.loads(tar.extractfile(member).read()))
-    return out
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models run faster on one thread than with threads competing on a small CPU."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, one_torch_thread):
+def trained(tmp_path_factory, torch_single_thread_module):
     root = tmp_path_factory.mktemp("e2e")
     dataset = make_tiny_dataset(root / "ds", n=N_TRAIN, n_val=N_VAL, classes=CLASSES)
     run = root / "run"
@@ -136,7 +117,7 @@ def test_evaluate_writes_metrics_json_and_readable_pngs(trained):
     assert result.exit_code == 0, result.output
     out = run / "eval" / "val"
     report = json.loads((out / "metrics.json").read_text())
-    val = records_of(dataset, "val")
+    val = split_records(dataset, "val")
     assert report["samples"]["evaluated"] == len(val) == N_VAL
     assert report["samples"]["unknown_class_samples"] == 0
     every = report["metrics"]["all"]
@@ -147,7 +128,7 @@ def test_evaluate_writes_metrics_json_and_readable_pngs(trained):
     assert supports == dict(Counter(r["order"] for r in val))
     assert report["class_names"] == list(every["per_class"])
     # every val dna_bin of the tiny dataset also occurs in train
-    train_bins = {r["dna_bin"] for r in records_of(dataset, "train")}
+    train_bins = {r["dna_bin"] for r in split_records(dataset, "train")}
     unseen = sum(1 for r in val if r["dna_bin"] not in train_bins)
     assert report["samples"]["unseen_bin"] == report["metrics"]["unseen_bin"]["n_samples"] == unseen
     eff = report["efficiency"]
@@ -181,14 +162,14 @@ def test_evaluate_on_another_dataset_counts_classes_the_model_cannot_know(traine
     )
     assert result.exit_code == 0, result.output
     report = json.loads((out / "metrics.json").read_text())
-    val = records_of(other, "val")
+    val = split_records(other, "val")
     known = [r for r in val if r["order"] in report["class_names"]]
     assert report["cross_dataset"] is True
     assert report["samples"]["unknown_class_samples"] == len(val) - len(known) == 8
     assert report["samples"]["unknown_classes"] == {"Araneae": 4, "Lepidoptera": 4}
     assert report["metrics"]["all"]["n_samples"] == len(known)
     # unseen BINs are judged against the run's own training data, not the other dataset's
-    train_bins = {r["dna_bin"] for r in records_of(dataset, "train")}
+    train_bins = {r["dna_bin"] for r in split_records(dataset, "train")}
     assert report["samples"]["unseen_bin"] == sum(r["dna_bin"] not in train_bins for r in known)
 
 

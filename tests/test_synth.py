@@ -12,8 +12,8 @@ from click.testing import CliRunner
 from PIL import Image, ImageOps
 
 from bionas.cli import main
+from bionas.ingest.profiles import BBOX_COLUMNS, BIOSCAN_5M_COLUMNS
 from bionas.ingest.synth import REJECT_KINDS, VARIANT_KINDS
-from bionas.ingest.synth_bioscan import BBOX_COLUMNS, METADATA_COLUMNS
 
 OFFICIAL_COLUMNS = [
     "processid", "sampleid", "taxon", "phylum", "class", "order", "family", "subfamily",
@@ -69,7 +69,7 @@ def large(tmp_path_factory) -> pl.DataFrame:
 
 
 def test_metadata_has_the_23_official_columns_in_order(data):
-    assert list(METADATA_COLUMNS) == OFFICIAL_COLUMNS
+    assert list(BIOSCAN_5M_COLUMNS) == OFFICIAL_COLUMNS
     header = (data / "metadata.csv").read_text().splitlines()[0]
     assert header.split(",") == OFFICIAL_COLUMNS
     assert (data / "bbox.tsv").read_text().splitlines()[0].split("\t") == list(BBOX_COLUMNS)

@@ -13,7 +13,7 @@ from ingest_helpers import read_samples, run_cli
 from PIL import Image
 
 from bionas.ingest.profiles import INSECTS_1M, INSECTS_1M_COLUMNS
-from bionas.ingest.synth_bioscan import ORDERS as BIOSCAN_ORDERS
+from bionas.ingest.synth_bioscan_tree import ORDERS as BIOSCAN_ORDERS
 from bionas.ingest.synth_insects import ORDERS
 
 OPTIONAL_RANKS = ("suborder", "superfamily", "subfamily", "tribe", "subtribe")

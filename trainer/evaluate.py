@@ -1,6 +1,6 @@
 """`bionas evaluate`: run a trained model over a split and write metrics.json + plots (SPEC §6).
 
-The split is streamed from the dataset's shards. Each record's raw strings are mapped
+The split is streamed from the dataset's shards (`split_predictions`). Each record's raw strings are mapped
 through the *run's* vocabularies, never the evaluated dataset's: so the same code
 evaluates on another dataset (cross-dataset validation). There, target names the model
 does not know are counted (`unknown_class_samples`) and left out of the metrics, names
@@ -8,38 +8,32 @@ the run folded into `Other` count as `Other`, and metadata fields the dataset la
 fed as unknown (index 0).
 
 Metrics are reported on all samples and on the samples whose `dna_bin` never occurs in
-the training split of the run's own dataset (an empty dna_bin counts as unseen).
+the training split of the run's own dataset (an empty dna_bin counts as unseen; see
+`unseen_bins`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import sys
-import tarfile
-from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from bionas.errors import BionasError
 from bionas.manifests.manifest import Manifest, load_manifest
-from bionas.shards.format import RECORD_EXT, decode_record
-from bionas.shards.reader import RawSample, ReadStats, Slot, read_samples
-from bionas.shards.tario import open_shard
 from bionas.trainer import efficiency, metrics, plots
-from bionas.trainer.data import DECODE_ERRORS, Encoding, check_shards_exist, preprocess_image
+from bionas.trainer.data import Encoding, check_shards_exist
 from bionas.trainer.ops import OP_NAMES
+from bionas.trainer.split_predictions import Predictions, predict_split
+from bionas.trainer.unseen_bins import mark_unseen_bins
 
 log = logging.getLogger(__name__)
 
 SCHEMA = "bionas.eval/1"
-DNA_BIN = "dna_bin"
 
 
 @dataclass(frozen=True)
@@ -61,198 +55,6 @@ class EvaluateConfig:
             raise BionasError(f"--workers must be >= 0, got {self.workers}")
         if self.latency_runs < 1:
             raise BionasError(f"--latency-runs must be >= 1, got {self.latency_runs}")
-
-
-class SplitStream(IterableDataset):
-    """Batches of one split read once in manifest order (shards split across DataLoader
-    workers), labelled through `encoding` (the run's vocabularies).
-
-    Yields dicts: images [b,3,S,S], meta [b,F], labels [b], processids, dna_bins, and
-    what was left out since the previous batch: `skipped` (reason -> count) and
-    `unknown_classes` (target name -> count).
-    """
-
-    def __init__(
-        self, shard_paths: list[Path], encoding: Encoding, image_size: int, batch_size: int
-    ):
-        super().__init__()
-        self.shard_paths = shard_paths
-        self.encoding = encoding
-        self.image_size = image_size
-        self.batch_size = batch_size
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        info = get_worker_info()
-        slot = Slot(worker=info.id, num_workers=info.num_workers) if info else Slot()
-        stats = ReadStats()
-        raw = read_samples(self.shard_paths, slot=slot, shuffle_shards=False, stats=stats)
-        batch = _Batch(len(self.encoding.meta_fields))
-        for sample in raw:
-            batch.add(sample, self.encoding, self.image_size)
-            if len(batch) == self.batch_size:
-                yield batch.emit(stats)
-                batch = _Batch(len(self.encoding.meta_fields))
-        yield batch.emit(stats)  # the rest, and the reader's final skip counts
-
-
-class _Batch:
-    def __init__(self, fields: int) -> None:
-        self.fields = fields
-        self.images: list[torch.Tensor] = []
-        self.meta: list[list[int]] = []
-        self.labels: list[int] = []
-        self.processids: list[str] = []
-        self.dna_bins: list[str] = []
-        self.skipped: Counter[str] = Counter()
-        self.unknown_classes: Counter[str] = Counter()
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def add(self, sample: RawSample, encoding: Encoding, image_size: int) -> None:
-        try:
-            record = decode_record(sample.json)
-            label = encoding.label(record)
-            if label < 0:  # a class the model cannot know, or no label at all
-                self.unknown_classes[_text(record.get(encoding.target)) or "<missing>"] += 1
-                return
-            image = preprocess_image(sample.jpg, image_size)
-        except DECODE_ERRORS as err:
-            log.warning("skipping sample %s of %s: %s", sample.key, sample.shard, err)
-            self.skipped["corrupt sample"] += 1
-            return
-        self.images.append(image)
-        self.meta.append(encoding.meta(record))
-        self.labels.append(label)
-        self.processids.append(str(record.get("processid") or sample.key))
-        self.dna_bins.append(_text(record.get(DNA_BIN)) or "")
-
-    def emit(self, stats: ReadStats) -> dict[str, Any]:
-        n = len(self.labels)
-        # the reader's counts are cumulative per worker; the main process keeps the latest
-        reader = {"broken shards": stats.broken_shards, "incomplete samples": stats.incomplete_samples}  # fmt: skip
-        return {
-            "images": torch.stack(self.images) if n else torch.zeros(0, 3, 1, 1),
-            "meta": torch.tensor(self.meta, dtype=torch.long).reshape(n, self.fields),
-            "labels": torch.tensor(self.labels, dtype=torch.long),
-            "processids": self.processids,
-            "dna_bins": self.dna_bins,
-            "skipped": dict(self.skipped),
-            "unknown_classes": dict(self.unknown_classes),
-            "reader": reader,
-            "worker": (get_worker_info() or _MainProcess).id,
-        }
-
-
-class _MainProcess:
-    id = 0
-
-
-def training_dna_bins(manifest: Manifest, cache_dir: Path | None = None) -> tuple[set[str], str]:
-    """The dna_bins of the train split and how they were found ("vocab" or "records").
-
-    A dna_bin vocabulary counted on train only with min_count 1 lists them all; any other
-    vocabulary may include val/test bins (or miss rare train bins), so the train split's
-    JSON records are read instead, without decoding images, and cached by shard checksums.
-    """
-    try:
-        vocab = manifest.vocab(DNA_BIN)
-    except FileNotFoundError:
-        vocab = None
-    if vocab is not None and tuple(vocab.counted_splits) == ("train",) and vocab.min_count <= 1:
-        return set(vocab.values[1:]), "vocab (counted on train only, min_count 1)"
-    shards = manifest.shards("train")
-    fingerprint = [s["sha256"] for s in shards]
-    cache = cache_dir / "train_dna_bins.json" if cache_dir else None
-    if cache is not None and cache.exists():
-        body = json.loads(cache.read_text())
-        if body.get("dataset") == str(manifest.root) and body.get("shards") == fingerprint:
-            return set(body["dna_bins"]), "records of the train split (cached)"
-    bins: set[str] = set()
-    for path in manifest.shard_paths("train"):
-        bins.update(_dna_bins_of_shard(path))
-    if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        body = {"dataset": str(manifest.root), "shards": fingerprint, "dna_bins": sorted(bins)}
-        cache.write_text(json.dumps(body) + "\n")
-    return bins, "records of the train split"
-
-
-def _dna_bins_of_shard(path: Path) -> set[str]:
-    bins = set()
-    # plain tar: random-access mode seeks over the JPEG bytes; zstd must stream through them
-    mode = "r|" if str(path).endswith(".zst") else "r:"
-    with open_shard(path) as stream, tarfile.open(fileobj=stream, mode=mode) as tar:
-        for member in tar:
-            if member.isfile() and member.name.endswith(f".{RECORD_EXT}"):
-                value = _text(decode_record(tar.extractfile(member).read()).get(DNA_BIN))
-                if value:
-                    bins.add(value)
-    return bins
-
-
-def _text(value: Any) -> str | None:
-    return None if value is None else str(value)
-
-
-@dataclass(frozen=True)
-class Predictions:
-    probs: np.ndarray  # [N, C] float32
-    labels: np.ndarray  # [N] int64
-    processids: list[str]
-    dna_bins: list[str]
-    skipped: dict[str, int]
-    unknown_classes: dict[str, int]
-
-
-def predict_split(
-    model: torch.nn.Module,
-    shard_paths: list[Path],
-    encoding: Encoding,
-    image_size: int,
-    *,
-    batch_size: int = 64,
-    workers: int = 0,
-    device: torch.device | str = "cpu",
-    total: int | None = None,
-    progress: bool = False,
-) -> Predictions:
-    """Class probabilities for every sample of the shards whose class the model knows."""
-    from tqdm import tqdm
-
-    stream = SplitStream(shard_paths, encoding, image_size, batch_size)
-    loader = DataLoader(stream, batch_size=None, num_workers=workers)
-    model = model.to(device).eval()
-    probs, labels, processids, dna_bins = [], [], [], []
-    skipped: Counter[str] = Counter()
-    unknown: Counter[str] = Counter()
-    reader: dict[int, dict[str, int]] = {}
-    show = progress and sys.stderr.isatty()
-    with tqdm(total=total, unit="img", desc="evaluate", disable=not show, file=sys.stderr) as bar:
-        for batch in loader:
-            skipped.update(batch["skipped"])
-            unknown.update(batch["unknown_classes"])
-            reader[batch["worker"]] = batch["reader"]
-            n = len(batch["labels"])
-            bar.update(n + sum(batch["skipped"].values()) + sum(batch["unknown_classes"].values()))
-            if n == 0:
-                continue
-            with torch.inference_mode():
-                logits = model(batch["images"].to(device), batch["meta"].to(device))
-            probs.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
-            labels.append(batch["labels"].numpy())
-            processids += batch["processids"]
-            dna_bins += batch["dna_bins"]
-    for counts in reader.values():
-        skipped.update({k: v for k, v in counts.items() if v})
-    return Predictions(
-        probs=np.concatenate(probs) if probs else np.zeros((0, encoding.num_classes), np.float32),
-        labels=np.concatenate(labels) if labels else np.zeros(0, np.int64),
-        processids=processids,
-        dna_bins=dna_bins,
-        skipped=dict(sorted(skipped.items())),
-        unknown_classes=dict(sorted(unknown.items())),
-    )
 
 
 def evaluate_run(cfg: EvaluateConfig) -> dict[str, Any]:
@@ -283,7 +85,9 @@ def evaluate_trained(run: Any, cfg: EvaluateConfig) -> dict[str, Any]:
         progress=cfg.progress,
     )
     model = run.model.cpu().eval()
-    unseen, unseen_note = _unseen_bin_mask(run, preds.dna_bins, Path(cfg.run_dir) / "eval")
+    unseen, unseen_note = mark_unseen_bins(
+        Path(run.dataset_dir), preds.dna_bins, Path(cfg.run_dir) / "eval"
+    )
     class_names = list(run.class_names)
     report: dict[str, Any] = {
         "schema": SCHEMA,
@@ -363,24 +167,6 @@ def _write_plots(
             draw(history, out_dir / f"{name}.png")
         written[name] = f"{name}.png" if history else None
     return written
-
-
-def _unseen_bin_mask(
-    run: Any, dna_bins: list[str], cache_dir: Path
-) -> tuple[np.ndarray | None, str]:
-    train_dir = Path(run.dataset_dir)
-    try:
-        train_manifest = load_manifest(train_dir)
-        known, source = training_dna_bins(train_manifest, cache_dir)
-    except (FileNotFoundError, KeyError, ValueError) as err:
-        log.warning("no unseen-dna_bin metrics: cannot read the training split (%s)", err)
-        return None, f"not computed: the run's training dataset cannot be read ({err})"
-    mask = metrics.unseen_bin_mask(dna_bins, known)
-    note = (
-        f"dna_bin empty or not among the {len(known)} dna_bins of the train split of "
-        f"{train_dir} (from {source})"
-    )
-    return mask, note
 
 
 def _manifest(dataset_dir: Path) -> Manifest:
