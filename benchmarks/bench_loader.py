@@ -12,7 +12,7 @@ Two questions, each answered side by side in the same run:
       bionas            BatchStream (tar shards, shuffle buffer 1000, JSON record decode,
                         vocab lookups for `order` + meta fields dna_bin, class) + make_loader
       official+same-tf  BIOSCAN5M(modality=image, target=order), transform =
-                        bionas.trainer.data.preprocess_image: isolates the loader itself
+                        bionas.trainer.transforms.preprocess_image: isolates the loader itself
       official+tv-tf    the same with the usual torchvision Compose(Resize, CenterCrop,
                         ToTensor, Normalize), as a user of the official loader writes it
     The official DataLoader uses shuffle=True and persistent_workers (no worker restart at
@@ -250,7 +250,7 @@ def official_dataset(root: Path, split: str, transform_kind: str):
 
 
 def make_transform(kind: str):
-    from bionas.trainer.data import BIOSCAN_MEAN, BIOSCAN_STD, preprocess_image
+    from bionas.trainer.transforms import BIOSCAN_MEAN, BIOSCAN_STD, preprocess_image
 
     if kind == "same":
         return preprocess_image  # a PIL image in: the exact bionas transform
@@ -281,9 +281,9 @@ def bionas_loader(ds: Path, workers: int, batch: int):
         BatchStream,
         StreamSpec,
         check_shards_exist,
-        load_encoding,
         make_loader,
     )
+    from bionas.trainer.encoding import load_encoding
 
     manifest = load_manifest(ds)
     encoding = load_encoding(manifest, TARGET, META_FIELDS)
@@ -301,7 +301,7 @@ def batch_images(batch) -> int:
     that the trainer normalises after the copy to the device: on a CPU run that happens
     in the main process, so it is done (and timed) here."""
     if hasattr(batch, "keys"):
-        from bionas.trainer.data import normalize_images
+        from bionas.trainer.transforms import normalize_images
 
         normalize_images(batch.images)
         return len(batch)

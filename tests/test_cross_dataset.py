@@ -98,7 +98,8 @@ def test_meta_dropout_blanks_metadata_in_training_batches_only(tmp_path, p):
 
     from bionas.manifests.manifest import load_manifest
     from bionas.trainer.config import TrainConfig
-    from bionas.trainer.data import BatchStream, load_encoding, train_spec, val_spec
+    from bionas.trainer.data import BatchStream, train_spec, val_spec
+    from bionas.trainer.encoding import load_encoding
 
     dataset = make_tiny_dataset(tmp_path / "ds", n=64, n_val=64, image_size=16)
     manifest = load_manifest(dataset)

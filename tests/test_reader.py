@@ -24,15 +24,11 @@ from bionas.shards.reader import (
     read_samples,
 )
 from bionas.shards.writer import Sample, write_shard
-from bionas.trainer.data import (
+from bionas.trainer.data import BatchStream, HeldOut, StreamPosition, StreamSpec, make_loader
+from bionas.trainer.encoding import load_encoding
+from bionas.trainer.transforms import (
     BIOSCAN_MEAN,
     BIOSCAN_STD,
-    BatchStream,
-    HeldOut,
-    StreamPosition,
-    StreamSpec,
-    load_encoding,
-    make_loader,
     normalize_images,
     preprocess_image,
 )

@@ -17,7 +17,6 @@ them (see `StreamPosition`).
 
 from __future__ import annotations
 
-import io
 import itertools
 import logging
 import zlib
@@ -28,139 +27,18 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from bionas.errors import BionasError
 from bionas.manifests.manifest import Manifest
-from bionas.manifests.vocab import Vocab
 from bionas.shards.format import decode_record
 from bionas.shards.reader import CorruptDataError, RawSample, ReadStats, Slot, read_samples
 from bionas.trainer.config import TrainConfig
+from bionas.trainer.encoding import Encoding
+from bionas.trainer.transforms import DECODE_ERRORS, decode_image
 
 log = logging.getLogger(__name__)
-
-# RGB mean/std of the cropped BIOSCAN-5M images (SPEC §3).
-BIOSCAN_MEAN = (0.7628, 0.7650, 0.7637)
-BIOSCAN_STD = (0.1421, 0.1564, 0.1731)
-_MEAN = torch.tensor(BIOSCAN_MEAN).view(3, 1, 1)
-_STD = torch.tensor(BIOSCAN_STD).view(3, 1, 1)
-# What a damaged JPEG or JSON record raises while decoding.
-DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
-
-
-def decode_image(image: Image.Image | bytes, image_size: int = 224) -> Tensor:
-    """JPEG bytes or a PIL image -> uint8 tensor [3, S, S]: resize the shorter side to S,
-    centre-crop S x S. Batches travel as uint8 (a quarter of float32's bytes through the
-    worker queues, pinned memory and the host-to-device copy); `normalize_images` runs
-    on the device."""
-    if isinstance(image, bytes | bytearray | memoryview):
-        image = Image.open(io.BytesIO(image))
-        image.draft("RGB", (image_size, image_size))  # JPEG DCT scaling, both sides >= S
-    image = image.convert("RGB")  # decodes now: a truncated JPEG raises here
-    width, height = image.size
-    scale = image_size / min(width, height)
-    size = (max(image_size, round(width * scale)), max(image_size, round(height * scale)))
-    image = image.resize(size, Image.Resampling.BILINEAR)
-    left, top = (size[0] - image_size) // 2, (size[1] - image_size) // 2
-    image = image.crop((left, top, left + image_size, top + image_size))
-    return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
-
-
-def normalize_images(pixels: Tensor) -> Tensor:
-    """uint8 [..., 3, S, S] -> float32 scaled to [0, 1] and normalised with the BIOSCAN
-    mean/std, on the pixels' device: (x / 255 - mean) / std as one multiply-add."""
-    scale = (1.0 / (255.0 * _STD)).to(pixels.device)
-    shift = (-_MEAN / _STD).to(pixels.device)
-    return torch.addcmul(shift, pixels.float(), scale)
-
-
-def preprocess_image(image: Image.Image | bytes, image_size: int = 224) -> Tensor:
-    """JPEG bytes or a PIL image -> normalised float tensor [3, S, S] (decode, then
-    normalise): what evaluation and `bionas predict` feed the model."""
-    return normalize_images(decode_image(image, image_size))
-
-
-@dataclass(frozen=True)
-class Encoding:
-    """How a record becomes a label and metadata indices."""
-
-    target_vocab: Vocab
-    meta_vocabs: tuple[Vocab, ...] = ()
-
-    @property
-    def target(self) -> str:
-        return self.target_vocab.field
-
-    @property
-    def meta_fields(self) -> tuple[str, ...]:
-        return tuple(v.field for v in self.meta_vocabs)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.target_vocab) - 1
-
-    @property
-    def class_names(self) -> list[str]:
-        return list(self.target_vocab.values[1:])
-
-    @property
-    def vocabs(self) -> dict[str, Vocab]:
-        return {v.field: v for v in (*self.meta_vocabs, self.target_vocab)}
-
-    def label(self, record: Mapping[str, Any]) -> int:
-        """Class index, or -1 when the record has no known class."""
-        return self.target_vocab.lookup(_raw(record.get(self.target))) - 1
-
-    def meta(self, record: Mapping[str, Any]) -> list[int]:
-        return [v.lookup(_raw(record.get(v.field))) for v in self.meta_vocabs]
-
-
-def _raw(value: Any) -> str | None:
-    return None if value is None else str(value)
-
-
-def load_encoding(manifest: Manifest, target: str, meta_fields: Sequence[str]) -> Encoding:
-    """The vocabularies in force, refusing any whose sha256 differs from the manifest's."""
-    recorded = manifest.body.get("vocabs", {})
-
-    def load(field_name: str) -> Vocab:
-        if field_name not in recorded:
-            known = ", ".join(sorted(recorded)) or "none"
-            raise BionasError(
-                f"{manifest.root}: no vocabulary for field {field_name!r} in manifest.json "
-                f"(fields with vocabularies: {known})"
-            )
-        try:
-            vocab = manifest.vocab(field_name)
-        except (OSError, ValueError) as err:
-            raise BionasError(f"cannot load the {field_name!r} vocabulary: {err}") from err
-        expected = recorded[field_name]["sha256"]
-        if vocab.sha256 != expected:
-            raise BionasError(
-                f"{manifest.vocab_path(field_name)} has sha256 {vocab.sha256[:12]}… but "
-                f"manifest.json records {expected[:12]}…: the vocabulary was changed after "
-                "the manifest was written. Regenerate it with `bionas vocab` (which updates "
-                "the manifest) or restore the original file."
-            )
-        return vocab
-
-    hint = (
-        f"build one with `bionas vocab METADATA.csv --out {manifest.root} --target {target}` "
-        f"(the dataset's target is {manifest.target!r})"
-    )
-    if target not in recorded:
-        raise BionasError(f"{manifest.root} has no target vocabulary for {target!r}; {hint}")
-    target_vocab = load(target)
-    if target_vocab.role != "target":
-        raise BionasError(
-            f"{manifest.vocab_path(target)} is a feature vocabulary, not a target one "
-            f"(no 'Other' bucket, feature min-count); {hint}"
-        )
-    if len(target_vocab) < 3:
-        raise BionasError(f"target {target!r} has fewer than 2 classes in {manifest.root}")
-    return Encoding(target_vocab, tuple(load(f) for f in meta_fields))
 
 
 @dataclass(frozen=True)

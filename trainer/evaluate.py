@@ -26,7 +26,8 @@ import torch
 from bionas.errors import BionasError
 from bionas.manifests.manifest import Manifest, load_manifest
 from bionas.trainer import efficiency, metrics, plots
-from bionas.trainer.data import Encoding, check_shards_exist
+from bionas.trainer.data import check_shards_exist
+from bionas.trainer.encoding import Encoding
 from bionas.trainer.ops import OP_NAMES
 from bionas.trainer.split_predictions import Predictions, predict_split
 from bionas.trainer.unseen_bins import mark_unseen_bins

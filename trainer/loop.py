@@ -57,7 +57,6 @@ from bionas.trainer.data import (
     arch_spec,
     epoch_length,
     make_loader,
-    normalize_images,
     train_spec,
     val_spec,
 )
@@ -76,6 +75,7 @@ from bionas.trainer.model import BioAutoMLNAS
 from bionas.trainer.run import CHECKPOINT, save_model
 from bionas.trainer.session import Optimizers, Session, start_session
 from bionas.trainer.session import build_optimizers as build_optimizers  # tests, probes
+from bionas.trainer.transforms import normalize_images
 
 log = logging.getLogger(__name__)
 StepHook = Callable[[dict[str, Any]], None]

@@ -53,7 +53,7 @@ def meta_indices(
 
 def load_image(path: Path, image_size: int) -> torch.Tensor:
     """The model input [3, S, S] of an image file; a clear error when it cannot be read."""
-    from bionas.trainer.data import preprocess_image
+    from bionas.trainer.transforms import preprocess_image
 
     try:
         data = Path(path).read_bytes()

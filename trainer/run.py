@@ -28,13 +28,13 @@ from torch import Tensor
 from bionas.errors import BionasError
 from bionas.manifests.vocab import Vocab, load_vocab, vocab_filename, write_vocab
 from bionas.trainer.config import TrainConfig
-from bionas.trainer.data import Encoding
-from bionas.trainer.data import preprocess_image as preprocess_image  # shared with predict
+from bionas.trainer.encoding import Encoding
 from bionas.trainer.genotype import Genotype
 from bionas.trainer.logs import ALPHAS_LOG as ALPHAS_LOG
 from bionas.trainer.logs import EPOCHS_LOG as EPOCHS_LOG
 from bionas.trainer.logs import STEPS_LOG as STEPS_LOG
 from bionas.trainer.model import BioAutoMLNAS, ModelConfig, build_model
+from bionas.trainer.transforms import preprocess_image as preprocess_image  # shared with predict
 
 RUN_FORMAT = "bionas.run/1"
 CONFIG_NAME = "config.json"

@@ -32,8 +32,9 @@ from bionas.trainer.checkpoint import (
     saved_world_size,
 )
 from bionas.trainer.config import Amp, TrainConfig, resolve_amp, resolve_device
-from bionas.trainer.data import Encoding, StreamPosition, check_shards_exist, load_encoding
+from bionas.trainer.data import StreamPosition, check_shards_exist
 from bionas.trainer.distributed import SINGLE, Dist, data_parallel, rank_seed
+from bionas.trainer.encoding import Encoding, load_encoding
 from bionas.trainer.genotype import Genotype
 from bionas.trainer.leakage import resolve_meta_fields
 from bionas.trainer.logs import start_logs, trim_logs

@@ -22,7 +22,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from bionas.shards.format import decode_record
 from bionas.shards.reader import RawSample, ReadStats, Slot, read_samples
-from bionas.trainer.data import DECODE_ERRORS, Encoding, preprocess_image
+from bionas.trainer.encoding import Encoding, record_text
+from bionas.trainer.transforms import DECODE_ERRORS, preprocess_image
 from bionas.trainer.unseen_bins import record_dna_bin
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ class _Batch:
             record = decode_record(sample.json)
             label = encoding.label(record)
             if label < 0:  # a class the model cannot know, or no label at all
-                self.unknown_classes[_text(record.get(encoding.target)) or "<missing>"] += 1
+                self.unknown_classes[record_text(record.get(encoding.target)) or "<missing>"] += 1
                 return
             image = preprocess_image(sample.jpg, image_size)
         except DECODE_ERRORS as err:
@@ -111,10 +112,6 @@ class _Batch:
 
 class _MainProcess:
     id = 0
-
-
-def _text(value: Any) -> str | None:
-    return None if value is None else str(value)
 
 
 @dataclass(frozen=True)
