@@ -79,9 +79,23 @@ def opwise_forward(self: MixedOp, x: Tensor, alpha_row: Tensor, active: Sequence
     return self.zero(x).to(dtype) if out is None else out
 
 
+def stacked_forward(self: MixedOp, x: Tensor, alpha_row: Tensor, active: Sequence[bool]) -> Tensor:
+    """α[active] @ stack(active outputs) in the activation dtype: one tensordot per edge
+    (bionas at 4b9d97a)."""
+    dtype = activation_dtype(x)
+    live = [k for k, name in enumerate(OP_NAMES) if name != ZERO and active[k]]
+    if not live:
+        return self.zero(x).to(dtype)
+    outputs = [self.ops[OP_NAMES[k]](x).to(dtype) for k in live]
+    weights = alpha_row.to(dtype)
+    picked = torch.stack([weights[k] for k in live])
+    return torch.tensordot(picked, torch.stack(outputs), dims=1)
+
+
 VARIANTS: dict[str, Callable | None] = {
     "bionas": None,  # MixedOp.forward as shipped
     "opwise": opwise_forward,
+    "stacked": stacked_forward,
     "naive-sum": naive_sum_forward,
     "naive-stack": naive_stack_forward,
 }

@@ -131,7 +131,7 @@ def table(best: dict[tuple[str, str], dict], args: argparse.Namespace) -> list[l
     rows = []
     for prune in args.prune:
         ours = best[(prune, "bionas")]
-        for baseline in ("opwise", "naive-sum", "naive-stack"):
+        for baseline in ("opwise", "stacked", "naive-sum", "naive-stack"):
             base = best[(prune, baseline)]
             diff = max(abs(a - b) for a, b in zip(base["logits"], ours["logits"], strict=True))
             same = diff <= 1e-4
