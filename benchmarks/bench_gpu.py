@@ -11,7 +11,8 @@ Algorithm 1, with the process capped at `--gpu-memory-gb` (default 12) through
 
   precision   amp  = fp16 autocast + dynamic loss scaling (bionas's CUDA default)
               fp32 = no autocast (the baseline for the AMP column)
-  mixed op    bionas (as shipped) and, for reference, naive-stack: the DARTS-style
+  mixed op    bionas (as shipped), opwise and stacked (earlier bionas forms, see
+              benchmarks/_common_train.py) and, for reference, naive-stack: the DARTS-style
               (stack(outputs) * α.view(-1,1,1,1,1)).sum(0), which under autocast promotes
               the stack to fp32 (see the issue's "Known traps")
   batch       32, 64, 128 (a batch that does not fit the cap is reported as OOM)

@@ -5,6 +5,8 @@ Same model config, same synthetic batch, same seed, same run; the real `train_st
 
   bionas       MixedOp as shipped: Σ α_k o_k(x) op by op, zero op never computed, ops with
                α < 1e-6 skipped (one host-side mask per step)
+  opwise       bionas before 2026-11-23: out + α_k * o_k op by op (two kernels per op)
+  stacked      α[active] @ stack(active outputs), one tensordot per edge (tried, dropped)
   naive-sum    quark0/darts: sum(w * op(x) for w, op in zip(α, ops)), every op incl. zero
   naive-stack  (torch.stack([op(x) for op in ops]) * α.view(-1,1,1,1,1)).sum(0), every op
 
