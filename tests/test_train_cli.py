@@ -101,6 +101,24 @@ def test_allow_target_leakage_reproduces_the_papers_setting(dataset, tmp_path):
     assert json.loads((run / "config.json").read_text())["meta_fields"] == ["order", "family"]
 
 
+def test_learning_rates_and_threads_reach_the_run(dataset, tmp_path):
+    import torch
+
+    before = torch.get_num_threads()
+    run = tmp_path / "run"
+    args = ("--max-steps", "2", "--lr-theta", "0.01", "--lr-w", "0.002", "--threads", "1")
+    try:
+        result = bionas("train", dataset, "--out", run, *TINY, *args)
+        assert result.exit_code == 0, result.output
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    stored = json.loads((run / "config.json").read_text())["train_config"]
+    assert (stored["lr_theta"], stored["lr_w"], stored["threads"]) == (0.01, 0.002, 1)
+    bad = bionas("train", dataset, "--out", tmp_path / "bad", *TINY, "--lr-theta", "0")
+    assert bad.exit_code != 0 and "--lr-theta must be > 0, got 0.0" in bad.output
+
+
 def test_options_come_from_a_toml_file_and_the_command_line_wins(dataset, tmp_path):
     config = tmp_path / "train.toml"
     config.write_text('[train]\nmax_steps = 3\nmeta-fields = ["dna_bin"]\nseed = 4\n')

@@ -32,6 +32,7 @@ RESUMABLE_OVERRIDES = frozenset(
         "checkpoint_every",
         "quiet",
         "strict",
+        "threads",
         "resume",
         "dataset_dir",
         "run_dir",
@@ -61,6 +62,7 @@ class TrainConfig:
     prune_threshold: float = 1e-6
     genotype: Path | None = None  # train this fixed architecture instead of searching
     workers: int = 4
+    threads: int | None = None  # torch CPU threads of the training process (None: torch's)
     seed: int = 0
     shuffle_buffer: int = 1000
     checkpoint_every: int | None = None  # steps; a checkpoint is also written every epoch
@@ -130,6 +132,9 @@ def _validate(c: TrainConfig) -> None:
         value = getattr(c, name)
         _check(value is None or value >= 1, f"--{_flag(name)} must be >= 1, got {value}")
     _check(c.workers >= 0, f"--workers must be >= 0, got {c.workers}")
+    _check(c.threads is None or c.threads >= 1, f"--threads must be >= 1, got {c.threads}")
+    for name in ("lr_w", "lr_theta"):
+        _check(getattr(c, name) > 0, f"--{_flag(name)} must be > 0, got {getattr(c, name)}")
     _check(c.shuffle_buffer >= 0, f"--shuffle-buffer must be >= 0, got {c.shuffle_buffer}")
     _check(c.warmup_epochs >= 0, f"--warmup-epochs must be >= 0, got {c.warmup_epochs}")
     _check(

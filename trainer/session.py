@@ -102,6 +102,8 @@ def start_session(
     start RUN_DIR afresh or (with --resume) restore its checkpoint. Returns the model and
     what train steps call forward on (the model in DDP on several ranks)."""
     _seed_everything(config.seed)
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
     config, manifest, encoding, genotype = _resolve_dataset(config)
     device = dist.device if dist.enabled else resolve_device(config.device)
     amp = resolve_amp(config, device)

@@ -93,7 +93,29 @@ CONVERT = {"batch_size": parse_batch_size, "meta_fields": parse_meta_fields}
     show_default=True,
     help="DataLoader worker processes (resume with the same number).",
 )
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Torch CPU threads of the training process [default: torch's, one per core]. "
+    "With DataLoader workers on the same cores, fewer threads avoid oversubscription.",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--lr-w",
+    type=float,
+    default=1e-3,
+    show_default=True,
+    help="AdamW learning rate of the weights.",
+)
+@click.option(
+    "--lr-theta",
+    type=float,
+    default=3e-4,
+    show_default=True,
+    help="Learning rate of the architecture logits θ (paper: 3e-4). Short searches need "
+    "more for α to move: Adam moves each logit by at most about lr per θ step.",
+)
 @click.option(
     "--resume",
     is_flag=True,
