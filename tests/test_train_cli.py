@@ -190,3 +190,14 @@ def test_help_shows_examples():
     result = bionas("train", "--help")
     assert result.exit_code == 0
     assert "Examples:" in result.output and "--genotype" in result.output
+
+
+@pytest.mark.parametrize(("rank", "says_it"), [("0", True), ("1", False)])
+def test_under_torchrun_only_rank_0_reports_a_bad_option(
+    dataset, tmp_path, monkeypatch, rank, says_it
+):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", rank)
+    result = bionas("train", dataset, "--out", tmp_path / "run", *TINY, "--lr-theta", "-1")
+    assert result.exit_code == 1
+    assert ("--lr-theta must be > 0" in result.output) is says_it, result.output

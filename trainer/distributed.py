@@ -129,6 +129,11 @@ class Dist:
 SINGLE = Dist()
 
 
+def launched_rank() -> int:
+    """This process's rank as torchrun set it (0 when not launched by torchrun)."""
+    return int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
+
+
 @contextmanager
 def process_group(device: str = "auto") -> Iterator[Dist]:
     """Join the process group torchrun describes in the environment (NCCL when training on

@@ -223,7 +223,7 @@ def command(ctx: click.Context, dataset_dir: Path, run_dir: Path, config_file: P
     from bionas.shards.reader import CorruptDataError
     from bionas.trainer.checkpoint import stored_config
     from bionas.trainer.config import TrainConfig, read_toml_options
-    from bionas.trainer.distributed import process_group
+    from bionas.trainer.distributed import launched_rank, process_group
     from bionas.trainer.loop import train
 
     try:
@@ -239,6 +239,8 @@ def command(ctx: click.Context, dataset_dir: Path, run_dir: Path, config_file: P
             base = {**stored, **base}
         config = TrainConfig.from_dict({**base, **given})
     except (ValueError, click.BadParameter) as err:
+        if launched_rank() != 0:  # every rank read the same options: rank 0 says it once
+            ctx.exit(1)
         raise BionasError(str(err)) from None
 
     # Under torchrun: one rank of a distributed run (bionas.trainer.distributed).
