@@ -1,0 +1,119 @@
+"""Read the metadata table and the bbox table (SPEC §4 step 1): only the needed columns.
+
+Both scans run in Polars' streaming engine, so per-batch work (numbers parsed, blank
+labels made null) happens while the file is read and the full string columns of the
+numeric fields never exist. Image paths are not built here: the raw path parts travel
+as `_part:<column>` columns and each worker formats the paths of its own shard.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+import string
+from pathlib import Path
+
+import polars as pl
+
+from bionas.errors import BionasError
+from bionas.ingest.config import IngestConfig
+from bionas.ingest.profiles import BBOX_COLUMNS, DatasetProfile
+
+BOX = ("x0", "y0", "x1", "y1")
+FRAME = ("width_original", "height_original")
+PART_PREFIX = "_part:"
+PATH = "_path"
+
+
+def read_header(path: Path, delimiter: str) -> list[str]:
+    """The first line of a delimited file; a clear error when it is not one."""
+    if not path.is_file():
+        raise BionasError(f"{path}: no such file")
+    with open(path, "rb") as handle:
+        head = handle.read(65536)
+    if b"\x00" in head:
+        raise BionasError(f"{path} is not a CSV/TSV text file (it contains binary data)")
+    try:
+        first = head.decode("utf-8").splitlines()[0] if head else ""
+    except UnicodeDecodeError as exc:
+        raise BionasError(f"{path} is not a UTF-8 CSV/TSV text file ({exc.reason})") from exc
+    header = next(csv.reader([first], delimiter=delimiter), [])
+    if len(header) < 2:
+        kind = "tab-separated" if delimiter == "\t" else "comma-separated"
+        raise BionasError(f"{path} is not a {kind} table with a header line (got {first[:80]!r})")
+    return header
+
+
+def require_columns(
+    path: Path, header: list[str], needed: list[str], owner: str = "bionas"
+) -> None:
+    missing = [c for c in needed if c not in header]
+    if missing:
+        shown = ", ".join(header[:30]) + (" ..." if len(header) > 30 else "")
+        raise BionasError(
+            f"{owner} needs column(s) {', '.join(missing)}, which {path} does not have "
+            f"(it has: {shown})"
+        )
+
+
+def template_columns(template: str) -> list[str]:
+    return [name for _, name, _, _ in string.Formatter().parse(template) if name]
+
+
+def path_expression(template: str) -> pl.Expr:
+    """The image path from the template over the `_part:` columns; empty parts collapse."""
+    pattern = re.sub(r"\{[^}]*\}", "{}", template)
+    parts = (
+        pl.col(PART_PREFIX + n).fill_null("").str.strip_chars() for n in template_columns(template)
+    )
+    joined = pl.format(pattern, *parts)
+    # an empty part leaves "//" (BIOSCAN's empty chunk) or a leading "/"
+    return joined.str.replace_all("//", "/", literal=True).str.strip_prefix("/").alias(PATH)
+
+
+def collect_table(lf: pl.LazyFrame, path: Path) -> pl.DataFrame:
+    """Run a scan in the streaming engine; a file Polars cannot parse is a user error."""
+    try:
+        return lf.collect(engine="streaming")
+    except pl.exceptions.ComputeError as exc:
+        raise BionasError(f"cannot read {path} as a table: {exc}") from exc
+
+
+def scan_metadata(cfg: IngestConfig, profile: DatasetProfile) -> pl.LazyFrame:
+    """Lazy scan of only the needed columns, renamed to canonical names.
+
+    Numeric fields become Float64 (blank or malformed cells null) and blank categorical
+    cells null; the raw path parts are kept as `_part:<column>` (shared, not copied).
+    """
+    if cfg.target not in profile.categorical:
+        raise BionasError(
+            f"--target {cfg.target} is not a field of profile {profile.name!r} "
+            f"(fields: {', '.join(profile.categorical)})"
+        )
+    header = read_header(cfg.metadata, profile.delimiter)
+    columns = profile.raw_columns(with_barcode=cfg.with_barcode)
+    require_columns(
+        cfg.metadata, header, columns, owner=f"profile {profile.name!r} ({profile.source})"
+    )
+    lf = pl.scan_csv(cfg.metadata, separator=profile.delimiter, infer_schema=False).select(columns)
+    if cfg.limit is not None:
+        lf = lf.head(cfg.limit)
+    kept = set(profile.raw_columns(with_barcode=cfg.with_barcode, with_path=False))
+    path_only = [c for c in profile.path_columns() if c not in kept]
+    lf = lf.with_columns(pl.col(c).alias(PART_PREFIX + c) for c in profile.path_columns())
+    lf = lf.drop(path_only).rename(profile.rename_map())
+    return lf.with_columns(
+        pl.col(c).str.strip_chars().cast(pl.Float64, strict=False) for c in profile.numeric
+    ).with_columns(  # the CSV reader gives null for empty cells; blank ones become null too
+        pl.when(pl.col(c).str.len_bytes() > 0).then(pl.col(c)) for c in profile.categorical
+    )
+
+
+def scan_bbox(path: Path) -> pl.LazyFrame:
+    """Lazy scan of the bbox table: processid, the frame size and the box, as Float64."""
+    header = read_header(path, "\t")
+    require_columns(path, header, list(BBOX_COLUMNS[:7]))
+    lf = pl.scan_csv(path, separator="\t", infer_schema=False).select(BBOX_COLUMNS[:7])
+    return lf.with_columns(
+        pl.col(c).str.strip_chars().cast(pl.Float64, strict=False) for c in (*FRAME, *BOX)
+    )
