@@ -33,7 +33,7 @@ from bionas.ingest.config import IngestConfig
 from bionas.ingest.images import ImageReject, ImageSpec, process_image
 from bionas.ingest.plan import REJECT_SCHEMA, Plan
 from bionas.ingest.profiles import ID, OFFICIAL_SPLIT, DatasetProfile
-from bionas.ingest.scan import BOX, FRAME, PATH, path_expression
+from bionas.ingest.scan import BOX, FRAME, PATH, path_expression, path_parts
 from bionas.shards.format import encode_record, shard_name
 from bionas.shards.writer import Sample, ShardInfo, file_sha256, write_shard
 
@@ -54,7 +54,8 @@ class ShardTask:
     frame_rows: np.ndarray  # the shard's rows in the plan's frame, in sample order
     keys_sha256: str  # of the shard's processids in order: resume keeps a shard only if equal
     images_root: Path
-    image_path: str  # the profile's path template over the rows' `_part:` columns
+    image_path: str  # the profile's path template ...
+    path_parts: tuple[str, ...]  # ... and the rows' column for each of its fields
     spec: ImageSpec
     compression: str
     categorical: tuple[str, ...]
@@ -127,7 +128,9 @@ def write_task(task: ShardTask, rows: pl.DataFrame) -> ShardResult:
     Failures become rejects.
     """
     samples, rejects = [], []
-    for row in rows.with_columns(path_expression(task.image_path)).iter_rows(named=True):
+    for row in rows.with_columns(path_expression(task.image_path, task.path_parts)).iter_rows(
+        named=True
+    ):
         key = row[ID]
         try:
             data = (task.images_root / row[PATH]).read_bytes()
@@ -286,6 +289,7 @@ def build_tasks(
             keys_sha256=keys_sha256(group.keys),
             images_root=cfg.images,
             image_path=profile.image_path,
+            path_parts=path_parts(profile),
             spec=spec,
             compression=cfg.compression,
             categorical=profile.categorical,

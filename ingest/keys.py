@@ -2,10 +2,10 @@
 
 On the 5.15M ids of BIOSCAN-5M, Polars' `is_first_distinct`, a left join on the id and a
 stable `arg_sort` take 1-2 s each on this project's 2-core machine. numpy sorts plain
-64-bit integers with SIMD in ~0.1 s, so each operation here is one such sort of a key
-prefix packed with the row number (which makes it stable), plus a few vectorised passes.
-Hashes only nominate candidates: every match is confirmed on the strings themselves, and
-the rare prefix collisions are resolved exactly, so the results equal the Polars ones.
+64-bit integers with SIMD in ~0.1 s, so each operation here is one such sort of a key's
+top bits packed with the row number (which makes it stable), plus a few vectorised
+passes. Hashes only nominate candidates: matches are confirmed on the strings, and rows
+whose hash prefix is shared are decided exactly, so the results equal the Polars ones.
 """
 
 from __future__ import annotations
@@ -13,87 +13,118 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
+from bionas.ingest.stable_hash import string_buffers
+
+SAFE_KEY_BYTES = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-:+@=,"
+MAX_KEY_BYTES = 90  # shards.format.is_safe_key
+_UNSAFE_BYTE = bytes(0 if byte in SAFE_KEY_BYTES else 1 for byte in range(256))
+
+
+def packed_sort(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows ordered by the top bits of uint64 `keys`, then by row: (rows, their top bits).
+
+    Sorts in place: `keys` is overwritten (its memory becomes the top bits).
+    """
+    n = len(keys)
+    low = np.uint64((1 << max(1, (n - 1).bit_length())) - 1)
+    keys &= ~low
+    keys |= np.arange(n, dtype=np.uint64)
+    keys.sort()
+    rows = (keys & low).astype(np.int64)
+    keys &= ~low
+    return rows, keys
+
+
+def run_heads(sorted_values: np.ndarray) -> np.ndarray:
+    """For each position, the position where its run of equal values starts."""
+    heads = np.arange(len(sorted_values))
+    heads[1:][sorted_values[1:] == sorted_values[:-1]] = 0
+    return np.maximum.accumulate(heads, out=heads)
+
+
+def shared_runs(sorted_values: np.ndarray) -> np.ndarray:
+    """Whether each position's run of equal values has several members."""
+    if len(sorted_values) == 0:
+        return np.zeros(0, dtype=bool)
+    equal_next = sorted_values[1:] == sorted_values[:-1]
+    return np.r_[equal_next, False] | np.r_[False, equal_next]
+
 
 def stable_argsort(keys: np.ndarray) -> np.ndarray:
     """The permutation that sorts uint64 `keys` ascending, equal keys in row order."""
-    n = len(keys)
-    bits = max(1, (n - 1).bit_length())
-    low = np.uint64((1 << bits) - 1)
-    with np.errstate(over="ignore"):
-        packed = (keys & ~low) | np.arange(n, dtype=np.uint64)
-    packed.sort()
-    order = (packed & low).astype(np.int64)
-    prefix = packed & ~low
-    tie = prefix[1:] == prefix[:-1]
-    sorted_keys = keys[order]
-    misordered = tie & (sorted_keys[1:] != sorted_keys[:-1])
-    if misordered.any():  # runs sharing the top bits but not the key: sort by key, then row
-        run = np.cumsum(~np.r_[False, tie])
-        in_run = np.flatnonzero(np.isin(run, run[1:][misordered]))
-        rows = order[in_run]
-        order[in_run] = rows[np.lexsort((rows, keys[rows], run[in_run]))]
-    return order
+    rows, top = packed_sort(keys.copy())
+    tied = np.flatnonzero(shared_runs(top))
+    if len(tied):  # keys that share their top bits: order them by the whole key, then row
+        run_rows = rows[tied]
+        rows[tied] = run_rows[np.lexsort((run_rows, keys[run_rows], top[tied]))]
+    return rows
 
 
 def spread(keys: np.ndarray) -> np.ndarray:
-    """`keys` shifted so their range fills the top bits (keeps `stable_argsort` tie-free)."""
+    """`keys` shifted so their range fills the top bits (few ties for `stable_argsort`)."""
     if len(keys) == 0:
         return keys
-    low = keys.min()
-    shifted = keys - low
+    shifted = keys - keys.min()
     span = int(shifted.max())
     return shifted << np.uint64(64 - span.bit_length()) if span else shifted
 
 
 def _hashes(ids: pl.Series) -> np.ndarray:
-    return ids.hash(seed=0).to_numpy()
+    return ids.hash(seed=0).to_numpy(writable=True)
 
 
 def first_occurrence(ids: pl.Series) -> np.ndarray:
     """Per row, whether its id did not occur in an earlier row (`Series.is_first_distinct`)."""
     ids = ids.rechunk()
-    hashes = _hashes(ids)
-    sorted_hashes = hashes[stable_argsort(hashes)]
+    rows, top = packed_sort(_hashes(ids))
     first = np.ones(len(ids), dtype=bool)
-    shared = _in_runs(sorted_hashes[1:] == sorted_hashes[:-1])
-    if len(shared):  # rows whose hash another row shares: decide on the strings
-        rows = np.flatnonzero(np.isin(hashes, sorted_hashes[shared]))
-        first[rows] = ids.gather(rows).is_first_distinct().to_numpy()
+    candidates = np.sort(rows[shared_runs(top)])  # rows whose hash prefix another row shares
+    if len(candidates):
+        first[candidates] = ids.gather(candidates).is_first_distinct().to_numpy()
     return first
-
-
-def _in_runs(equal_to_next: np.ndarray) -> np.ndarray:
-    """Positions that belong to a run of equal sorted values."""
-    return np.flatnonzero(np.r_[equal_to_next, False] | np.r_[False, equal_to_next])
 
 
 def lookup_first(ids: pl.Series, table: pl.Series) -> np.ndarray:
     """Per id, the row of its first occurrence in `table`; -1 when absent or the id is null."""
     ids, table, n = ids.rechunk(), table.rechunk(), len(table)
-    hashes = np.concatenate([_hashes(table), _hashes(ids)])
-    order = stable_argsort(hashes)
-    sorted_hashes = hashes[order]
-    # a run of equal hashes lists its table rows first (they are numbered first), earliest
-    # first, so a run's first entry is the earliest table row with that hash, if any
-    starts = np.r_[True, sorted_hashes[1:] != sorted_hashes[:-1]]
-    head = order[np.maximum.accumulate(np.where(starts, np.arange(len(order)), 0))]
-    is_id = order >= n
+    rows, top = packed_sort(np.concatenate([_hashes(table), _hashes(ids)]))
+    # table rows are numbered first, so a run of equal hash prefixes starts with its
+    # earliest table row if it has one: the candidate for every id in the run
+    head = rows[run_heads(top)]
+    del top
+    is_id = np.flatnonzero(rows >= n)
     found = np.full(len(ids), -1, dtype=np.int64)
-    found[order[is_id] - n] = np.where(head[is_id] < n, head[is_id], -1)
+    found[rows[is_id] - n] = np.where(head[is_id] < n, head[is_id], -1)
+    del rows, head, is_id
     return _confirmed(ids, table, found)
 
 
 def _confirmed(ids: pl.Series, table: pl.Series, found: np.ndarray) -> np.ndarray:
-    """Keep matches whose strings are equal; look up the ids of hash collisions exactly."""
-    hit = np.flatnonzero(found >= 0)
-    same = (table.gather(found[hit]) == ids.gather(hit)).fill_null(False).to_numpy()
-    collided = hit[~same]
-    if len(collided):
-        wanted = ids.gather(collided)
-        member = table.is_in(wanted.drop_nulls().implode()).fill_null(False).to_numpy()
-        rows = np.flatnonzero(member)
+    """Keep candidates whose strings are equal; look up the others exactly."""
+    candidate = np.where(found >= 0, found, len(table))  # out of bounds: null
+    same = (table.gather(candidate, null_on_oob=True) == ids).fill_null(False).to_numpy()
+    collided = np.flatnonzero(~same & (found >= 0))
+    found[collided] = -1
+    wanted = ids.gather(collided).drop_nulls()
+    if len(wanted):
+        member = np.flatnonzero(table.is_in(wanted.implode()).fill_null(False).to_numpy())
         # reversed, so the earliest row of a repeated value is the one kept
-        first = dict(zip(table.gather(rows).to_list()[::-1], rows[::-1].tolist(), strict=True))
-        found[collided] = [first.get(v, -1) for v in wanted.to_list()]
+        first = dict(zip(table.gather(member).to_list()[::-1], member[::-1].tolist(), strict=True))
+        found[collided] = [first.get(v, -1) for v in ids.gather(collided).to_list()]
     found[ids.is_null().to_numpy()] = -1
     return found
+
+
+def safe_keys(ids: pl.Series) -> np.ndarray:
+    """Per id, whether it can be a sample key and a file name (`shards.format.is_safe_key`).
+
+    1 to 90 bytes, all from the safe ASCII set; null is unsafe. Checked on the Arrow bytes
+    (`bytes.translate` flags the other bytes at C speed).
+    """
+    offsets, data = string_buffers(ids)
+    lengths = np.diff(offsets)
+    safe = (lengths >= 1) & (lengths <= MAX_KEY_BYTES) & ids.is_not_null().to_numpy()
+    flags = data[offsets[0] : offsets[-1]].tobytes().translate(_UNSAFE_BYTE)
+    unsafe = np.flatnonzero(np.frombuffer(flags, dtype=np.uint8)) + offsets[0]
+    safe[np.searchsorted(offsets, unsafe, side="right") - 1] = False
+    return safe

@@ -21,7 +21,13 @@ import polars as pl
 
 from bionas.errors import BionasError
 from bionas.ingest.config import IngestConfig
-from bionas.ingest.keys import first_occurrence, lookup_first, spread, stable_argsort
+from bionas.ingest.keys import (
+    first_occurrence,
+    lookup_first,
+    safe_keys,
+    spread,
+    stable_argsort,
+)
 from bionas.ingest.profiles import ID, OFFICIAL_SPLIT, DatasetProfile
 from bionas.ingest.scan import BOX, FRAME, collect_table, scan_bbox, scan_metadata
 from bionas.ingest.stable_hash import stable_unit_hashes
@@ -29,7 +35,6 @@ from bionas.ingest.stable_hash import stable_unit_hashes
 log = logging.getLogger(__name__)
 
 DEFAULT_FRAME = (1024.0, 768.0)
-SAFE_KEY_PATTERN = r"^[A-Za-z0-9_\-:+@=,]{1,90}$"  # shards.format.is_safe_key, vectorised
 REJECT_SCHEMA = {
     "processid": pl.String,
     "split": pl.String,
@@ -109,37 +114,30 @@ def bbox_columns(ids: pl.Series, bbox_path: Path | None) -> pl.DataFrame:
         )
         return clip_bbox(boxes)
     bbox = collect_table(scan_bbox(bbox_path), bbox_path)
-    match = lookup_first(ids, bbox["processid"])
+    match = lookup_first(ids, bbox.drop_in_place("processid"))
     match[match < 0] = bbox.height  # out of bounds: a row without bbox gets nulls
-    boxes = bbox.select(*FRAME, *BOX).rechunk().gather(match, null_on_oob=True)
+    # column by column, each made contiguous first: a gather over the scan's chunks is slow
+    boxes = pl.DataFrame(
+        [bbox.drop_in_place(c).rechunk().gather(match, null_on_oob=True) for c in (*FRAME, *BOX)]
+    )
     return clip_bbox(boxes)
+
+
+REASONS = ("unsafe_processid", "duplicate_processid", "empty_target", "missing_split", "bad_bbox")
 
 
 def reject_reasons(
     frame: pl.DataFrame, ids: pl.Series, splits: Splits, bad_bbox: pl.Series, cfg: IngestConfig
-) -> pl.Series:
-    """`reason` per row (null for a good row); the first matching rule wins."""
-    decide = pl.DataFrame(
-        {
-            ID: ids,
-            "_first": first_occurrence(ids),
-            "_no_target": frame[cfg.target].is_null(),
-            "_no_split": splits.codes < 0,
-            "_bad_bbox": bad_bbox,
-        }
-    )
-    pid = pl.col(ID)
-    rules = [
-        (pid.is_null() | ~pid.str.contains(SAFE_KEY_PATTERN), "unsafe_processid"),
-        (~pl.col("_first"), "duplicate_processid"),
-        (pl.col("_no_target"), "empty_target"),
-        (pl.col("_no_split"), "missing_split"),
-        (pl.col("_bad_bbox"), "bad_bbox"),
+) -> np.ndarray:
+    """Per row, 0 for a good row or 1 + the index in REASONS of the first rule it breaks."""
+    broken = [
+        ~safe_keys(ids),
+        ~first_occurrence(ids),
+        frame[cfg.target].is_null().to_numpy(),
+        splits.codes < 0,
+        bad_bbox.to_numpy(),
     ]
-    reason = pl.when(rules[0][0]).then(pl.lit(rules[0][1]))
-    for cond, name in rules[1:]:
-        reason = reason.when(cond).then(pl.lit(name))
-    return decide.select(reason.otherwise(None).alias("reason")).to_series()
+    return np.select(broken, np.arange(1, len(REASONS) + 1, dtype=np.int8), default=0)
 
 
 def reject_details(rejected: pl.DataFrame, cfg: IngestConfig) -> pl.DataFrame:
@@ -214,9 +212,9 @@ def order_and_shard(
     that round to equal values keep file order exactly as they did there.
     """
     codes = splits.codes[rows]
-    present = sorted(set(codes.tolist()), key=lambda c: splits.names[c])
+    present = np.flatnonzero(np.bincount(codes, minlength=len(splits.names)))
     rank = np.zeros(len(splits.names), dtype=np.float64)
-    rank[present] = np.arange(1, len(present) + 1)
+    rank[sorted(present, key=lambda c: splits.names[c])] = np.arange(1, len(present) + 1)
     key = rank[codes] + order_unit[rows]
     rows = rows[stable_argsort(spread(key.view(np.uint64)))]
     codes = splits.codes[rows]
@@ -235,22 +233,25 @@ def order_and_shard(
 def make_plan(cfg: IngestConfig, profile: DatasetProfile) -> Plan:
     """Scan, look up bboxes, validate, split, order and shard."""
     frame = collect_table(scan_metadata(cfg, profile), cfg.metadata)
-    ids = frame[ID].rechunk()
+    ids = frame[ID].rechunk()  # contiguous: hashed over its Arrow buffers, gathered at random
+    frame = frame.with_columns(ids)
     boxes = bbox_columns(ids, cfg.bbox)
     frame = frame.with_columns(boxes[c] for c in (*FRAME, *BOX))
     salts = [f"bionas-split:{cfg.seed}:", f"bionas-order:{cfg.seed}:"]
     split_unit, order_unit = stable_unit_hashes(ids, salts)
     splits = assign_split(frame, split_unit, cfg, profile)
     reason = reject_reasons(frame, ids, splits, boxes["_bad_bbox"], cfg)
-    rejected = reason.is_not_null()
+    rejected = np.flatnonzero(reason)
     rejects = reject_details(
-        frame.with_columns(reason, splits.strings(), splits.raw.alias("_raw_split")).filter(
-            rejected
+        frame.gather(rejected).with_columns(
+            pl.Series("reason", REASONS, dtype=pl.String).gather(reason[rejected] - 1),
+            splits.strings(rejected),
+            splits.raw.alias("_raw_split"),
         ),
         cfg,
     )
-    good = ~rejected.to_numpy()
     asked = [i for i, name in enumerate(splits.names) if name in (cfg.splits or ())]
+    good = reason == 0
     keep = good & np.isin(splits.codes, asked) if cfg.splits else good
     excluded = int((good & ~keep).sum())
     clipped = int((boxes["_clipped"].to_numpy() & keep).sum())

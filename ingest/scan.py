@@ -2,8 +2,8 @@
 
 Both scans run in Polars' streaming engine, so per-batch work (numbers parsed, blank
 labels made null) happens while the file is read and the full string columns of the
-numeric fields never exist. Image paths are not built here: the raw path parts travel
-as `_part:<column>` columns and each worker formats the paths of its own shard.
+numeric fields never exist. Image paths are not built here (5M strings): each worker
+formats the paths of its own shard from the path parts (`path_parts`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from bionas.ingest.profiles import BBOX_COLUMNS, DatasetProfile
 
 BOX = ("x0", "y0", "x1", "y1")
 FRAME = ("width_original", "height_original")
-PART_PREFIX = "_part:"
+PART_PREFIX = "_part_"  # a path-only (or numeric) column, kept raw for the path
 PATH = "_path"
 
 
@@ -60,13 +60,24 @@ def template_columns(template: str) -> list[str]:
     return [name for _, name, _, _ in string.Formatter().parse(template) if name]
 
 
-def path_expression(template: str) -> pl.Expr:
-    """The image path from the template over the `_part:` columns; empty parts collapse."""
-    pattern = re.sub(r"\{[^}]*\}", "{}", template)
-    parts = (
-        pl.col(PART_PREFIX + n).fill_null("").str.strip_chars() for n in template_columns(template)
+def path_parts(profile: DatasetProfile) -> tuple[str, ...]:
+    """The scanned frame's column for each field of the profile's path template.
+
+    A raw column the frame keeps as a string field is used under its canonical name (a
+    blank label made null formats the same: empty); any other one is kept as `_part_<raw>`.
+    """
+    rename = profile.rename_map()
+    kept = set(profile.raw_columns(with_path=False)) - set(profile.numeric)
+    return tuple(
+        rename.get(raw, raw) if raw in kept else PART_PREFIX + raw
+        for raw in template_columns(profile.image_path)
     )
-    joined = pl.format(pattern, *parts)
+
+
+def path_expression(template: str, parts: tuple[str, ...]) -> pl.Expr:
+    """The image path from the template, its fields read from `parts`; empty parts collapse."""
+    pattern = re.sub(r"\{[^}]*\}", "{}", template)
+    joined = pl.format(pattern, *(pl.col(p).fill_null("").str.strip_chars() for p in parts))
     # an empty part leaves "//" (BIOSCAN's empty chunk) or a leading "/"
     return joined.str.replace_all("//", "/", literal=True).str.strip_prefix("/").alias(PATH)
 
@@ -83,7 +94,7 @@ def scan_metadata(cfg: IngestConfig, profile: DatasetProfile) -> pl.LazyFrame:
     """Lazy scan of only the needed columns, renamed to canonical names.
 
     Numeric fields become Float64 (blank or malformed cells null) and blank categorical
-    cells null; the raw path parts are kept as `_part:<column>` (shared, not copied).
+    cells null; path parts the frame would not keep as strings stay as `_part_<column>`.
     """
     if cfg.target not in profile.categorical:
         raise BionasError(
@@ -98,10 +109,12 @@ def scan_metadata(cfg: IngestConfig, profile: DatasetProfile) -> pl.LazyFrame:
     lf = pl.scan_csv(cfg.metadata, separator=profile.delimiter, infer_schema=False).select(columns)
     if cfg.limit is not None:
         lf = lf.head(cfg.limit)
+    raw_parts = [
+        p.removeprefix(PART_PREFIX) for p in path_parts(profile) if p.startswith(PART_PREFIX)
+    ]
     kept = set(profile.raw_columns(with_barcode=cfg.with_barcode, with_path=False))
-    path_only = [c for c in profile.path_columns() if c not in kept]
-    lf = lf.with_columns(pl.col(c).alias(PART_PREFIX + c) for c in profile.path_columns())
-    lf = lf.drop(path_only).rename(profile.rename_map())
+    lf = lf.with_columns(pl.col(c).alias(PART_PREFIX + c) for c in raw_parts)
+    lf = lf.drop([c for c in raw_parts if c not in kept]).rename(profile.rename_map())
     return lf.with_columns(
         pl.col(c).str.strip_chars().cast(pl.Float64, strict=False) for c in profile.numeric
     ).with_columns(  # the CSV reader gives null for empty cells; blank ones become null too

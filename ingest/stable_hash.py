@@ -48,13 +48,43 @@ def hashed_lengths(offsets: np.ndarray, data: np.ndarray) -> np.ndarray:
     hash keeps doing so, or ids ending in NUL would change split between versions.
     """
     lengths = np.diff(offsets)
-    starts = offsets[:-1]
+    if len(data) == 0:
+        return lengths
+    ends = offsets[1:] - 1
     while True:
-        nonempty = np.flatnonzero(lengths)
-        trailing = nonempty[data[starts[nonempty] + lengths[nonempty] - 1] == 0]
+        trailing = np.flatnonzero((lengths > 0) & (data[np.maximum(ends, 0)] == 0))
         if len(trailing) == 0:
             return lengths
         lengths[trailing] -= 1
+        ends[trailing] -= 1
+
+
+def _fnv_block(
+    states: np.ndarray, starts: np.ndarray, lengths: np.ndarray, data: np.ndarray
+) -> np.ndarray:
+    """FNV-1a of a block of strings from each salted state: shape (salts, rows)."""
+    h = np.repeat(states, len(lengths), axis=1)
+    width, shortest = int(lengths.max(initial=0)), int(lengths.min(initial=0))
+    if width == 0:
+        return h
+    prime = np.uint64(_FNV_PRIME)
+    first = int(starts[0])
+    if width == shortest and int(starts[-1]) - first == (len(lengths) - 1) * width:
+        # equal lengths, back to back (ids like BIOUG10000-A01): the bytes are a matrix
+        matrix = data[first : first + len(lengths) * width].reshape(len(lengths), width)
+        for column in matrix.T.astype(np.uint64):
+            h ^= column
+            h *= prime
+        return h
+    last = len(data) - 1
+    for j in range(width):
+        byte = data[np.minimum(starts + j, last)]
+        if j < shortest:
+            h ^= byte
+            h *= prime
+        else:
+            np.copyto(h, (h ^ byte) * prime, where=lengths > j)
+    return h
 
 
 def stable_unit_hashes(
@@ -66,25 +96,16 @@ def stable_unit_hashes(
     lengths = hashed_lengths(offsets, data)
     states = np.array([salted_state(s) for s in salts], dtype=np.uint64)[:, None]
     out = np.empty((len(salts), len(lengths)), dtype=np.uint64)
-    prime = np.uint64(_FNV_PRIME)
-    last = max(len(data) - 1, 0)
     with np.errstate(over="ignore"):
         for lo in range(0, len(lengths), block_rows):
-            block_start, block_len = starts[lo : lo + block_rows], lengths[lo : lo + block_rows]
-            h = np.repeat(states, len(block_len), axis=1)
-            shortest = int(block_len.min(initial=0))
-            for j in range(int(block_len.max(initial=0))):
-                byte = data[np.minimum(block_start + j, last)].astype(np.uint64)
-                if j < shortest:
-                    h ^= byte
-                    h *= prime
-                else:
-                    np.copyto(h, (h ^ byte) * prime, where=block_len > j)
-            out[:, lo : lo + block_rows] = h
+            block = slice(lo, lo + block_rows)
+            out[:, block] = _fnv_block(states, starts[block], lengths[block], data)
         out ^= out >> np.uint64(30)
         out *= np.uint64(0xBF58476D1CE4E5B9)
         out ^= out >> np.uint64(27)
         out *= np.uint64(0x94D049BB133111EB)
         out ^= out >> np.uint64(31)
-    units = (out >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+        out >>= np.uint64(11)
+    units = out.astype(np.float64)
+    units *= 2.0**-53  # exact: the same values as dividing by 2**53
     return list(units)
