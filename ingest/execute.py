@@ -105,7 +105,7 @@ def make_record(row: dict, task: ShardTask) -> dict:
     """The sample's JSON record: raw strings of categorical fields, numbers, provenance."""
     record: dict[str, Any] = {"processid": row[ID], "split": task.split}
     for name in task.categorical:
-        record[name] = row.get(name)
+        record[name] = row.get(name) or None  # a blank label ("") is no label
     for name in task.numeric:
         record[name] = row.get(name)
     if OFFICIAL_SPLIT in row:

@@ -133,7 +133,7 @@ def reject_reasons(
     broken = [
         ~safe_keys(ids),
         ~first_occurrence(ids),
-        frame[cfg.target].is_null().to_numpy(),
+        (frame[cfg.target].is_null() | (frame[cfg.target] == "")).to_numpy(),  # blank: none
         splits.codes < 0,
         bad_bbox.to_numpy(),
     ]

@@ -1,8 +1,10 @@
 """Read the metadata table and the bbox table (SPEC §4 step 1): only the needed columns.
 
-Both scans run in Polars' streaming engine, so per-batch work (numbers parsed, blank
-labels made null) happens while the file is read and the full string columns of the
-numeric fields never exist. Image paths are not built here (5M strings): each worker
+Both scans run in Polars' streaming engine, so numbers are parsed batch by batch while
+the file is read and the full string columns of the numeric fields never exist. A blank
+label (a quoted empty cell) stays "" here and counts as missing where labels are used
+(the target check, the records, the vocabularies), rather than rewriting 11 columns of
+5M cells for a handful of blanks. Image paths are not built here (5M strings): each worker
 formats the paths of its own shard from the path parts (`path_parts`).
 """
 
@@ -93,8 +95,8 @@ def collect_table(lf: pl.LazyFrame, path: Path) -> pl.DataFrame:
 def scan_metadata(cfg: IngestConfig, profile: DatasetProfile) -> pl.LazyFrame:
     """Lazy scan of only the needed columns, renamed to canonical names.
 
-    Numeric fields become Float64 (blank or malformed cells null) and blank categorical
-    cells null; path parts the frame would not keep as strings stay as `_part_<column>`.
+    Numeric fields become Float64 (blank or malformed cells null); path parts the frame
+    would not keep as strings stay as `_part_<column>`.
     """
     if cfg.target not in profile.categorical:
         raise BionasError(
@@ -117,8 +119,6 @@ def scan_metadata(cfg: IngestConfig, profile: DatasetProfile) -> pl.LazyFrame:
     lf = lf.drop([c for c in raw_parts if c not in kept]).rename(profile.rename_map())
     return lf.with_columns(
         pl.col(c).str.strip_chars().cast(pl.Float64, strict=False) for c in profile.numeric
-    ).with_columns(  # the CSV reader gives null for empty cells; blank ones become null too
-        pl.when(pl.col(c).str.len_bytes() > 0).then(pl.col(c)) for c in profile.categorical
     )
 
 
