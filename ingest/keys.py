@@ -15,6 +15,7 @@ import polars as pl
 
 from bionas.ingest.stable_hash import string_buffers
 
+_BLOCK = 1 << 22
 SAFE_KEY_BYTES = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-:+@=,"
 MAX_KEY_BYTES = 90  # shards.format.is_safe_key
 _UNSAFE_BYTE = bytes(0 if byte in SAFE_KEY_BYTES else 1 for byte in range(256))
@@ -28,16 +29,18 @@ def packed_sort(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     n = len(keys)
     low = np.uint64((1 << max(1, (n - 1).bit_length())) - 1)
     keys &= ~low
-    keys |= np.arange(n, dtype=np.uint64)
+    for lo in range(0, n, _BLOCK):  # row numbers block by block: no n-long temporary
+        keys[lo : lo + _BLOCK] |= np.arange(lo, min(lo + _BLOCK, n), dtype=np.uint64)
     keys.sort()
-    rows = (keys & low).astype(np.int64)
+    rows = (keys & low).astype(np.int32 if n < 2**31 else np.int64)
     keys &= ~low
     return rows, keys
 
 
 def run_heads(sorted_values: np.ndarray) -> np.ndarray:
     """For each position, the position where its run of equal values starts."""
-    heads = np.arange(len(sorted_values))
+    n = len(sorted_values)
+    heads = np.arange(n, dtype=np.int32 if n < 2**31 else np.int64)
     heads[1:][sorted_values[1:] == sorted_values[:-1]] = 0
     return np.maximum.accumulate(heads, out=heads)
 
@@ -69,8 +72,14 @@ def spread(keys: np.ndarray) -> np.ndarray:
     return shifted << np.uint64(64 - span.bit_length()) if span else shifted
 
 
-def _hashes(ids: pl.Series) -> np.ndarray:
-    return ids.hash(seed=0).to_numpy(writable=True)
+def _hashes(*columns: pl.Series) -> np.ndarray:
+    """Polars' hash of each value (any hash does: it only nominates candidates), end to end."""
+    out = np.empty(sum(len(c) for c in columns), dtype=np.uint64)
+    lo = 0
+    for column in columns:
+        out[lo : lo + len(column)] = column.hash(seed=0).to_numpy()
+        lo += len(column)
+    return out
 
 
 def first_occurrence(ids: pl.Series) -> np.ndarray:
@@ -85,9 +94,12 @@ def first_occurrence(ids: pl.Series) -> np.ndarray:
 
 
 def lookup_first(ids: pl.Series, table: pl.Series) -> np.ndarray:
-    """Per id, the row of its first occurrence in `table`; -1 when absent or the id is null."""
+    """Per id, the row of its first occurrence in `table`; -1 when absent or the id is null.
+
+    Contiguous series (`rechunk()`) make its gathers fast.
+    """
     ids, table, n = ids.rechunk(), table.rechunk(), len(table)
-    rows, top = packed_sort(np.concatenate([_hashes(table), _hashes(ids)]))
+    rows, top = packed_sort(_hashes(table, ids))
     # table rows are numbered first, so a run of equal hash prefixes starts with its
     # earliest table row if it has one: the candidate for every id in the run
     head = rows[run_heads(top)]

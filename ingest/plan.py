@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -29,7 +28,7 @@ from bionas.ingest.keys import (
     stable_argsort,
 )
 from bionas.ingest.profiles import ID, OFFICIAL_SPLIT, DatasetProfile
-from bionas.ingest.scan import BOX, FRAME, collect_table, scan_bbox, scan_metadata
+from bionas.ingest.scan import BOX, FRAME, collect_tables, scan_bbox, scan_metadata
 from bionas.ingest.stable_hash import stable_unit_hashes
 
 log = logging.getLogger(__name__)
@@ -106,15 +105,17 @@ def clip_bbox(boxes: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def bbox_columns(ids: pl.Series, bbox_path: Path | None) -> pl.DataFrame:
-    """Per metadata row, the frame size and clipped box of its first bbox row, plus flags."""
-    if bbox_path is None:
+def bbox_columns(ids: pl.Series, bbox: pl.DataFrame | None) -> pl.DataFrame:
+    """Per metadata row, the frame size and clipped box of its first bbox row, plus flags.
+
+    Consumes `bbox` (its columns are freed one by one).
+    """
+    if bbox is None:
         boxes = pl.DataFrame(
             {c: pl.Series(c, [None] * len(ids), pl.Float64) for c in (*FRAME, *BOX)}
         )
         return clip_bbox(boxes)
-    bbox = collect_table(scan_bbox(bbox_path), bbox_path)
-    match = lookup_first(ids, bbox.drop_in_place("processid"))
+    match = lookup_first(ids, bbox.drop_in_place("processid").rechunk())
     match[match < 0] = bbox.height  # out of bounds: a row without bbox gets nulls
     # column by column, each made contiguous first: a gather over the scan's chunks is slow
     boxes = pl.DataFrame(
@@ -194,7 +195,7 @@ def assign_split(
             raise BionasError(
                 f"profile {profile.name} has no split column: use --split-source random"
             )
-        raw = pl.col(OFFICIAL_SPLIT).str.strip_chars()
+        raw = pl.col(OFFICIAL_SPLIT).cast(pl.String).str.strip_chars()
         known = frame.select(raw.cast(pl.Enum(names), strict=False).to_physical()).to_series()
         return Splits(names, known.fill_null(-1).to_numpy().astype(np.int64), raw)
     edges = np.cumsum(cfg.split_ratios)[:-1]
@@ -232,10 +233,13 @@ def order_and_shard(
 
 def make_plan(cfg: IngestConfig, profile: DatasetProfile) -> Plan:
     """Scan, look up bboxes, validate, split, order and shard."""
-    frame = collect_table(scan_metadata(cfg, profile), cfg.metadata)
+    scans = [(scan_metadata(cfg, profile), cfg.metadata)]
+    if cfg.bbox:
+        scans.append((scan_bbox(cfg.bbox), cfg.bbox))
+    frame, *bbox = collect_tables(scans)
     ids = frame[ID].rechunk()  # contiguous: hashed over its Arrow buffers, gathered at random
     frame = frame.with_columns(ids)
-    boxes = bbox_columns(ids, cfg.bbox)
+    boxes = bbox_columns(ids, bbox.pop() if bbox else None)
     frame = frame.with_columns(boxes[c] for c in (*FRAME, *BOX))
     salts = [f"bionas-split:{cfg.seed}:", f"bionas-order:{cfg.seed}:"]
     split_unit, order_unit = stable_unit_hashes(ids, salts)

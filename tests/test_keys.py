@@ -23,7 +23,9 @@ def hash_kind(request, monkeypatch):
         monkeypatch.setattr(
             keys,
             "_hashes",
-            lambda ids: ids.str.len_bytes().fill_null(0).to_numpy().astype(np.uint64) % 2,
+            lambda *cols: np.concatenate(
+                [c.str.len_bytes().fill_null(0).to_numpy() % 2 for c in cols]
+            ).astype(np.uint64),
         )
     return request.param
 
