@@ -64,16 +64,16 @@ def _fnv_block(
 ) -> np.ndarray:
     """FNV-1a of a block of strings from each salted state: shape (salts, rows)."""
     h = np.repeat(states, len(lengths), axis=1)
-    width, shortest = int(lengths.max(initial=0)), int(lengths.min(initial=0))
-    if width == 0:
+    if len(lengths) == 0 or lengths.max() == 0:
         return h
+    width, shortest = int(lengths.max()), int(lengths.min())
     prime = np.uint64(_FNV_PRIME)
     first = int(starts[0])
     if width == shortest and int(starts[-1]) - first == (len(lengths) - 1) * width:
         # equal lengths, back to back (ids like BIOUG10000-A01): the bytes are a matrix
         matrix = data[first : first + len(lengths) * width].reshape(len(lengths), width)
-        for column in matrix.T.astype(np.uint64):
-            h ^= column
+        for column in np.ascontiguousarray(matrix.T):  # one byte position after another
+            h ^= column.astype(np.uint64)
             h *= prime
         return h
     last = len(data) - 1
@@ -87,6 +87,19 @@ def _fnv_block(
     return h
 
 
+def _unit(h: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser, then the top 53 bits as a float in [0, 1); `h` is overwritten."""
+    h ^= h >> np.uint64(30)
+    h *= np.uint64(0xBF58476D1CE4E5B9)
+    h ^= h >> np.uint64(27)
+    h *= np.uint64(0x94D049BB133111EB)
+    h ^= h >> np.uint64(31)
+    h >>= np.uint64(11)
+    units = h.astype(np.float64)
+    units *= 2.0**-53  # exact: the same values as dividing by 2**53
+    return units
+
+
 def stable_unit_hashes(
     values: pl.Series, salts: Sequence[str], block_rows: int = _BLOCK_ROWS
 ) -> list[np.ndarray]:
@@ -95,17 +108,9 @@ def stable_unit_hashes(
     starts = offsets[:-1]
     lengths = hashed_lengths(offsets, data)
     states = np.array([salted_state(s) for s in salts], dtype=np.uint64)[:, None]
-    out = np.empty((len(salts), len(lengths)), dtype=np.uint64)
+    units = np.empty((len(salts), len(lengths)), dtype=np.float64)
     with np.errstate(over="ignore"):
         for lo in range(0, len(lengths), block_rows):
             block = slice(lo, lo + block_rows)
-            out[:, block] = _fnv_block(states, starts[block], lengths[block], data)
-        out ^= out >> np.uint64(30)
-        out *= np.uint64(0xBF58476D1CE4E5B9)
-        out ^= out >> np.uint64(27)
-        out *= np.uint64(0x94D049BB133111EB)
-        out ^= out >> np.uint64(31)
-        out >>= np.uint64(11)
-    units = out.astype(np.float64)
-    units *= 2.0**-53  # exact: the same values as dividing by 2**53
+            units[:, block] = _unit(_fnv_block(states, starts[block], lengths[block], data))
     return list(units)
