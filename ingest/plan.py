@@ -179,8 +179,9 @@ class Splits:
     codes: np.ndarray
     raw: pl.Expr  # over the scanned frame
 
-    def strings(self, rows: np.ndarray | None = None) -> pl.Series:
-        codes = self.codes if rows is None else self.codes[rows]
+    def strings(self, rows: np.ndarray) -> pl.Series:
+        """The split names of the given rows (null for none)."""
+        codes = self.codes[rows]
         named = pl.Series("_split", self.names, dtype=pl.String)
         return named.gather(np.where(codes < 0, len(self.names), codes), null_on_oob=True)
 
@@ -213,20 +214,22 @@ def order_and_shard(
     that round to equal values keep file order exactly as they did there.
     """
     codes = splits.codes[rows]
-    present = np.flatnonzero(np.bincount(codes, minlength=len(splits.names)))
+    counts = np.bincount(codes, minlength=len(splits.names))
+    by_name = sorted(np.flatnonzero(counts), key=lambda c: splits.names[c])
     rank = np.zeros(len(splits.names), dtype=np.float64)
-    rank[sorted(present, key=lambda c: splits.names[c])] = np.arange(1, len(present) + 1)
+    rank[by_name] = np.arange(1, len(by_name) + 1)
     key = rank[codes] + order_unit[rows]
     rows = rows[stable_argsort(spread(key.view(np.uint64)))]
-    codes = splits.codes[rows]
-    start = np.r_[True, codes[1:] != codes[:-1]]
-    first = np.maximum.accumulate(np.where(start, np.arange(len(rows)), 0))
+    # sorted by split name first: each split is one run, in name order
+    sizes = counts[by_name]
+    run = np.repeat(np.arange(len(by_name)), sizes)  # each sample's split, by rank
+    names = pl.Series("split", [splits.names[c] for c in by_name], dtype=pl.String)
     return pl.DataFrame(
         {
             "row": rows,
             ID: ids.gather(rows),
-            "split": splits.strings(rows).alias("split"),
-            "shard": (np.arange(len(rows)) - first) // size,
+            "split": names.gather(run),
+            "shard": (np.arange(len(rows)) - np.repeat(np.cumsum(sizes) - sizes, sizes)) // size,
         }
     )
 
