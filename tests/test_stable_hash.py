@@ -9,38 +9,9 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 import pytest
+from plan_reference import reference_unit_hash
 
 from bionas.ingest.stable_hash import stable_unit_hashes
-
-_FNV_OFFSET, _FNV_PRIME = 0xCBF29CE484222325, 0x100000001B3
-
-
-def reference_unit_hash(values: pl.Series, salt: str) -> np.ndarray:
-    """The first implementation (bionas 14e3a73), kept verbatim as the specification."""
-    state = _FNV_OFFSET
-    for byte in salt.encode():
-        state = ((state ^ byte) * _FNV_PRIME) % (1 << 64)
-    strings = values.fill_null("").to_list()
-    try:
-        raw = np.array(strings, dtype=bytes) if strings else np.zeros(0, dtype="S1")
-    except UnicodeEncodeError:
-        raw = np.array([v.encode() for v in strings], dtype=bytes)
-    width = raw.dtype.itemsize
-    matrix = raw.view(np.uint8).reshape(len(raw), width)
-    lengths = np.char.str_len(raw)
-    h = np.full(len(raw), state, dtype=np.uint64)
-    prime = np.uint64(_FNV_PRIME)
-    with np.errstate(over="ignore"):
-        for j in range(width):
-            live = lengths > j
-            h[live] = (h[live] ^ matrix[live, j].astype(np.uint64)) * prime
-        h ^= h >> np.uint64(30)
-        h *= np.uint64(0xBF58476D1CE4E5B9)
-        h ^= h >> np.uint64(27)
-        h *= np.uint64(0x94D049BB133111EB)
-        h ^= h >> np.uint64(31)
-    return (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
-
 
 TRICKY = [
     "BIOUG10000-A01",
