@@ -123,14 +123,10 @@ def _frame(row: dict) -> tuple[int, int] | None:
 
 
 def write_task(task: ShardTask, rows: pl.DataFrame) -> ShardResult:
-    """Process every image of one shard (`rows`: its metadata) and write it.
-
-    Failures become rejects.
-    """
+    """Write one shard from its metadata `rows`; images that fail become rejects."""
     samples, rejects = [], []
-    for row in rows.with_columns(path_expression(task.image_path, task.path_parts)).iter_rows(
-        named=True
-    ):
+    rows = rows.with_columns(path_expression(task.image_path, task.path_parts))
+    for row in rows.iter_rows(named=True):
         key = row[ID]
         try:
             data = (task.images_root / row[PATH]).read_bytes()
@@ -206,7 +202,7 @@ def execute(
 ) -> ExecuteResult:
     """Write every shard not already done; return all shard results in plan order.
 
-    `fetch(task.frame_rows)` gives the task's metadata rows; it is called just before the task runs.
+    `fetch(task.frame_rows)` gives a task's metadata rows, called just before the task runs.
     """
     start = time.perf_counter()
     done: dict[tuple[str, int], ShardResult] = {}

@@ -5,9 +5,9 @@ sample order -> shard assignment. The result says, for every row, either which s
 it lands in or why it was rejected.
 
 The scanned frame is never sorted, filtered or joined as a whole: at BIOSCAN-5M scale it
-holds ~1.8 GB, and each such step would copy it. The plan works on the few columns it
+holds ~1.5 GB, and each such step would copy it. The plan works on the few columns it
 decides on and lists the accepted rows by their `row` in the frame; each shard's rows are
-gathered from the frame when its task is built.
+gathered from the frame just before its task goes to a worker (`Plan.rows`).
 """
 
 from __future__ import annotations
@@ -20,13 +20,7 @@ import polars as pl
 
 from bionas.errors import BionasError
 from bionas.ingest.config import IngestConfig
-from bionas.ingest.keys import (
-    first_occurrence,
-    lookup_first,
-    safe_keys,
-    spread,
-    stable_argsort,
-)
+from bionas.ingest.keys import first_occurrence, lookup_first, safe_keys, spread, stable_argsort
 from bionas.ingest.profiles import ID, OFFICIAL_SPLIT, DatasetProfile
 from bionas.ingest.scan import BOX, FRAME, collect_tables, scan_bbox, scan_metadata
 from bionas.ingest.stable_hash import stable_unit_hashes
@@ -111,10 +105,8 @@ def bbox_columns(ids: pl.Series, bbox: pl.DataFrame | None) -> pl.DataFrame:
     Consumes `bbox` (its columns are freed one by one).
     """
     if bbox is None:
-        boxes = pl.DataFrame(
-            {c: pl.Series(c, [None] * len(ids), pl.Float64) for c in (*FRAME, *BOX)}
-        )
-        return clip_bbox(boxes)
+        none = pl.repeat(None, len(ids), dtype=pl.Float64, eager=True)
+        return clip_bbox(pl.DataFrame({c: none for c in (*FRAME, *BOX)}))
     match = lookup_first(ids, bbox.drop_in_place("processid").rechunk())
     match[match < 0] = bbox.height  # out of bounds: a row without bbox gets nulls
     # column by column, each made contiguous first: a gather over the scan's chunks is slow

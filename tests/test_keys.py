@@ -7,7 +7,8 @@ import polars as pl
 import pytest
 
 from bionas.ingest import keys
-from bionas.ingest.keys import first_occurrence, lookup_first, spread, stable_argsort
+from bionas.ingest.keys import first_occurrence, lookup_first, safe_keys, spread, stable_argsort
+from bionas.shards.format import is_safe_key
 
 
 def random_ids(rng: np.random.Generator, n: int, distinct: int) -> pl.Series:
@@ -71,3 +72,12 @@ def test_spread_floats_keep_their_order():
     values = np.r_[1.0 + rng.random(3000), 2.0 + rng.random(3000), 1.5, 1.5]
     order = stable_argsort(spread(values.view(np.uint64)))
     np.testing.assert_array_equal(order, np.argsort(values, kind="stable"))
+
+
+def test_safe_keys_is_is_safe_key():
+    ids = ["BIOUG1-A01", "", None, "a/b", "a.b", "..", " x", "x ", "é", "x" * 90, "x" * 91,
+           "A:b+c@d=e,f_g-h", "tab\there", "new\nline", "日本"]  # fmt: skip
+    expected = [v is not None and is_safe_key(v) for v in ids]
+    assert safe_keys(pl.Series(ids, dtype=pl.String)).tolist() == expected
+    sliced = pl.Series(ids, dtype=pl.String).slice(3, 9)
+    assert safe_keys(sliced).tolist() == expected[3:12]
