@@ -1,5 +1,9 @@
 """Run an ingest plan (SPEC §4 steps 2-3): worker processes each write whole shards.
 
+A shard's metadata rows are gathered from the plan's frame just before its task is sent
+to a worker, a few tasks ahead of the workers, so the parent never holds a second copy
+of all rows and the gathering overlaps the image work.
+
 Resume: after each shard is renamed into place, a small state record (its ShardInfo,
 the sha256 of its planned keys, its rejects) is written under `DATASET_DIR/.state/`.
 A rerun keeps every shard whose file still hashes to its record and whose planned keys
@@ -14,44 +18,59 @@ import logging
 import multiprocessing as mp
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 from tqdm import tqdm
 
+from bionas.ingest.config import IngestConfig
 from bionas.ingest.images import ImageReject, ImageSpec, process_image
-from bionas.ingest.plan import BOX, FRAME, PATH, REJECT_SCHEMA
+from bionas.ingest.plan import REJECT_SCHEMA, Plan
 from bionas.ingest.profiles import ID, OFFICIAL_SPLIT, DatasetProfile
-from bionas.shards.format import encode_record
+from bionas.ingest.scan import BOX, FRAME, PATH, path_expression, path_parts
+from bionas.shards.format import encode_record, shard_name
 from bionas.shards.writer import Sample, ShardInfo, file_sha256, write_shard
 
 log = logging.getLogger(__name__)
 STATE_DIR = ".state"
+IN_FLIGHT_PER_WORKER = 2  # tasks sent ahead per worker, so none waits for its next shard
 
 _progress: Any = None  # a shared counter of processed images, set in each worker
 
 
 @dataclass(frozen=True)
 class ShardTask:
-    """Everything a worker needs to write one shard; picklable."""
+    """What a worker needs to write one shard, besides the shard's rows; picklable."""
 
     split: str
     index: int
     path: Path
-    rows: pl.DataFrame
+    frame_rows: np.ndarray  # the shard's rows in the plan's frame, in sample order
+    keys_sha256: str  # of the shard's processids in order: resume keeps a shard only if equal
     images_root: Path
+    image_path: str  # the profile's path template ...
+    path_parts: tuple[str, ...]  # ... and the rows' column for each of its fields
     spec: ImageSpec
     compression: str
     categorical: tuple[str, ...]
     numeric: tuple[str, ...]
 
     @property
-    def keys_sha256(self) -> str:
-        keys = "\n".join(self.rows[ID].to_list())
-        return hashlib.sha256(keys.encode()).hexdigest()
+    def size(self) -> int:
+        return len(self.frame_rows)
+
+
+FetchRows = Callable[[np.ndarray], pl.DataFrame]  # frame rows -> their metadata
+
+
+def keys_sha256(keys: pl.Series) -> str:
+    return hashlib.sha256("\n".join(keys.to_list()).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -86,7 +105,7 @@ def make_record(row: dict, task: ShardTask) -> dict:
     """The sample's JSON record: raw strings of categorical fields, numbers, provenance."""
     record: dict[str, Any] = {"processid": row[ID], "split": task.split}
     for name in task.categorical:
-        record[name] = row.get(name)
+        record[name] = row.get(name) or None  # a blank label ("") is no label
     for name in task.numeric:
         record[name] = row.get(name)
     if OFFICIAL_SPLIT in row:
@@ -103,10 +122,11 @@ def _frame(row: dict) -> tuple[int, int] | None:
     return (int(w), int(h)) if w and h else None
 
 
-def write_task(task: ShardTask) -> ShardResult:
-    """Process every image of one shard and write it; failures become rejects."""
+def write_task(task: ShardTask, rows: pl.DataFrame) -> ShardResult:
+    """Write one shard from its metadata `rows`; images that fail become rejects."""
     samples, rejects = [], []
-    for row in task.rows.iter_rows(named=True):
+    rows = rows.with_columns(path_expression(task.image_path, task.path_parts))
+    for row in rows.iter_rows(named=True):
         key = row[ID]
         try:
             data = (task.images_root / row[PATH]).read_bytes()
@@ -173,13 +193,17 @@ class ExecuteResult:
 
 def execute(
     tasks: list[ShardTask],
+    fetch: FetchRows,
     out: Path,
     workers: int,
     progress: bool = True,
     executor: str = "local",
     ray_address: str | None = None,
 ) -> ExecuteResult:
-    """Write every shard not already done; return all shard results in plan order."""
+    """Write every shard not already done; return all shard results in plan order.
+
+    `fetch(task.frame_rows)` gives a task's metadata rows, called just before the task runs.
+    """
     start = time.perf_counter()
     done: dict[tuple[str, int], ShardResult] = {}
     todo = []
@@ -189,8 +213,8 @@ def execute(
             done[(task.split, task.index)] = kept
         else:
             todo.append(task)
-    total = sum(t.rows.height for t in tasks)
-    initial = total - sum(t.rows.height for t in todo)
+    total = sum(t.size for t in tasks)
+    initial = total - sum(t.size for t in todo)
     bar = tqdm(total=total, initial=initial, unit="img", desc="ingest", disable=not progress,
                dynamic_ncols=True, smoothing=0.1)  # fmt: skip
 
@@ -201,38 +225,43 @@ def execute(
     if executor == "ray":
         from bionas.ingest.execute_ray import run_ray
 
-        processed = run_ray(todo, finish, bar.update, workers, ray_address)
+        processed = run_ray(todo, fetch, finish, bar.update, workers, ray_address)
     elif workers <= 1:
-        processed = _run_inline(todo, finish, bar.update)
+        processed = _run_inline(todo, fetch, finish, bar.update)
     else:
-        processed = _run_pool(todo, finish, bar.update, workers)
+        processed = _run_pool(todo, fetch, finish, bar.update, workers)
     bar.close()
     results = [done[k] for k in sorted(done)]
     return ExecuteResult(results, processed, len(tasks) - len(todo), time.perf_counter() - start)
 
 
-def _run_inline(todo: list[ShardTask], finish, advance) -> int:
+def _run_inline(todo: list[ShardTask], fetch: FetchRows, finish, advance) -> int:
     counter = mp.get_context("spawn").Value("q", 0)
     _init_worker(counter)
     try:
         for task in todo:
             before = counter.value
-            finish(task, write_task(task))
+            finish(task, write_task(task, fetch(task.frame_rows)))
             advance(counter.value - before)
     finally:
         _init_worker(None)
     return int(counter.value)
 
 
-def _run_pool(todo: list[ShardTask], finish, advance, workers: int) -> int:
+def _run_pool(todo: list[ShardTask], fetch: FetchRows, finish, advance, workers: int) -> int:
     # spawn, not fork: the parent holds Polars' thread pool, which fork can deadlock
     context = mp.get_context("spawn")
     counter = context.Value("q", 0)
     seen = 0
+    queue = iter(todo)
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
                              initargs=(counter,)) as pool:  # fmt: skip
-        pending = {pool.submit(write_task, task): task for task in todo}
-        while pending:
+        pending: dict = {}
+        while True:
+            for task in islice(queue, IN_FLIGHT_PER_WORKER * workers - len(pending)):
+                pending[pool.submit(write_task, task, fetch(task.frame_rows))] = task
+            if not pending:
+                break
             finished, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
             for future in finished:
                 finish(pending.pop(future), future.result())
@@ -242,24 +271,28 @@ def _run_pool(todo: list[ShardTask], finish, advance, workers: int) -> int:
     return int(counter.value)
 
 
-def build_tasks(plan_groups, cfg, profile: DatasetProfile, shard_dir: Path) -> list[ShardTask]:
+def build_tasks(
+    plan: Plan, cfg: IngestConfig, profile: DatasetProfile, shard_dir: Path
+) -> list[ShardTask]:
+    """One task per shard of the plan, in split then index order."""
     spec = ImageSpec(size=cfg.size, quality=cfg.quality, crop_margin=cfg.crop_margin)
-    tasks = []
-    for split, index, name, rows in plan_groups:
-        tasks.append(
-            ShardTask(
-                split=split,
-                index=index,
-                path=shard_dir / split / name,
-                rows=rows,
-                images_root=cfg.images,
-                spec=spec,
-                compression=cfg.compression,
-                categorical=profile.categorical,
-                numeric=profile.numeric,
-            )
+    return [
+        ShardTask(
+            split=group.split,
+            index=group.index,
+            path=shard_dir / group.split / shard_name(group.split, group.index, cfg.compression),
+            frame_rows=group.frame_rows,
+            keys_sha256=keys_sha256(group.keys),
+            images_root=cfg.images,
+            image_path=profile.image_path,
+            path_parts=path_parts(profile),
+            spec=spec,
+            compression=cfg.compression,
+            categorical=profile.categorical,
+            numeric=profile.numeric,
         )
-    return tasks
+        for group in plan.shard_groups()
+    ]
 
 
 def rejects_frame(results: list[ShardResult]) -> pl.DataFrame:

@@ -8,21 +8,32 @@ must be on storage every Ray node can write (the same path on each node).
 from __future__ import annotations
 
 from collections.abc import Callable
+from itertools import islice
 
 from bionas.errors import BionasError
-from bionas.ingest.execute import ShardResult, ShardTask, write_task
+from bionas.ingest.execute import (
+    IN_FLIGHT_PER_WORKER,
+    FetchRows,
+    ShardResult,
+    ShardTask,
+    write_task,
+)
 
 INSTALL_HINT = "Ray is not installed: pip install 'bionas[ray]' (or pip install ray)"
 
 
 def run_ray(
     todo: list[ShardTask],
+    fetch: FetchRows,
     finish: Callable[[ShardTask, ShardResult], None],
     advance: Callable[[int], object],
     workers: int,
     address: str | None,
 ) -> int:
-    """Run `write_task` for every shard as a Ray task; return the images processed."""
+    """Run `write_task` for every shard as a Ray task; return the images processed.
+
+    Tasks are sent a few per cluster CPU ahead, each with its rows fetched just then.
+    """
     try:
         import ray
     except ImportError:
@@ -33,16 +44,19 @@ def run_ray(
         ray.init(include_dashboard=False, log_to_driver=False, **kwargs)
     try:
         remote = ray.remote(num_cpus=1, max_retries=2)(write_task)
-        pending = {remote.remote(task): task for task in todo}
-        processed = 0
-        while pending:
+        window = IN_FLIGHT_PER_WORKER * max(workers, int(ray.cluster_resources().get("CPU", 1)))
+        queue, pending, processed = iter(todo), {}, 0
+        while True:
+            for task in islice(queue, window - len(pending)):
+                pending[remote.remote(task, fetch(task.frame_rows))] = task
+            if not pending:
+                return processed
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
             for ref in ready:
                 task = pending.pop(ref)
                 finish(task, ray.get(ref))
-                processed += task.rows.height
-                advance(task.rows.height)
-        return processed
+                processed += task.size
+                advance(task.size)
     finally:
         if started_here:
             ray.shutdown()

@@ -56,18 +56,20 @@ def run_ingest(cfg: IngestConfig, progress: bool = True) -> IngestSummary:
         )
     cfg.out.mkdir(parents=True, exist_ok=True)
     shard_dir = cfg.out / SHARD_DIR
-    tasks = build_tasks(plan.shard_groups(cfg.compression), cfg, profile, shard_dir)
+    tasks = build_tasks(plan, cfg, profile, shard_dir)
     remove_stale_shards(shard_dir, {t.path for t in tasks})
-    run = execute(tasks, cfg.out, cfg.worker_count, progress, cfg.executor, cfg.ray_address)
+    run = execute(
+        tasks, plan.rows, cfg.out, cfg.worker_count, progress, cfg.executor, cfg.ray_address
+    )
 
     image_rejects = rejects_frame(run.results)
     rejects = pl.concat([plan.rejects, image_rejects]).sort(["stage", "processid", "reason"])
     rejects.write_parquet(cfg.out / REJECTS_NAME)
     landed = landed_samples(plan.samples, image_rejects)
-    vocabs = build_vocabularies(landed, cfg, profile)
+    vocabs = build_vocabularies(plan.frame, landed, cfg, profile)
     for vocab in vocabs.values():
         write_vocab(vocab, cfg.out / VOCAB_DIR)
-    counts = class_counts(landed, vocabs[cfg.target])
+    counts = class_counts(plan.frame, landed, vocabs[cfg.target])
     extra = {"excluded_by_split": plan.excluded, "clipped_bboxes": plan.clipped_bboxes}
     body = manifest_body(cfg, profile, run.results, vocabs, counts, rejects, extra)
     write_manifest(cfg.out, body)

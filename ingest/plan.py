@@ -1,34 +1,33 @@
-"""The ingest plan (SPEC §4 step 1): one lazy Polars query, collected once.
+"""The ingest plan (SPEC §4 step 1): which rows become samples, in which split and shard.
 
-scan (only the needed columns) -> join bbox -> validate (reject reasons) -> split ->
+scan (only the needed columns) -> bbox lookup -> clip -> split -> reject reasons ->
 sample order -> shard assignment. The result says, for every row, either which shard
 it lands in or why it was rejected.
+
+The scanned frame is never sorted, filtered or joined as a whole: at BIOSCAN-5M scale it
+holds ~1.5 GB, and each such step would copy it. The plan works on the few columns it
+decides on and lists the accepted rows by their `row` in the frame; each shard's rows are
+gathered from the frame just before its task goes to a worker (`Plan.rows`).
 """
 
 from __future__ import annotations
 
-import csv
 import logging
-import re
-import string
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import polars as pl
 
 from bionas.errors import BionasError
 from bionas.ingest.config import IngestConfig
-from bionas.ingest.profiles import BBOX_COLUMNS, ID, OFFICIAL_SPLIT, DatasetProfile
-from bionas.shards.format import shard_name
+from bionas.ingest.keys import first_occurrence, lookup_first, safe_keys, spread, stable_argsort
+from bionas.ingest.profiles import ID, OFFICIAL_SPLIT, DatasetProfile
+from bionas.ingest.scan import BOX, FRAME, collect_tables, scan_bbox, scan_metadata
+from bionas.ingest.stable_hash import stable_unit_hashes
 
 log = logging.getLogger(__name__)
 
-BOX = ("x0", "y0", "x1", "y1")
-FRAME = ("width_original", "height_original")
 DEFAULT_FRAME = (1024.0, 768.0)
-PATH = "_path"
-SAFE_KEY_PATTERN = r"^[A-Za-z0-9_\-:+@=,]{1,90}$"  # shards.format.is_safe_key, vectorised
 REJECT_SCHEMA = {
     "processid": pl.String,
     "split": pl.String,
@@ -40,104 +39,44 @@ REJECT_SCHEMA = {
 
 @dataclass(frozen=True)
 class Plan:
-    """Accepted samples (with split, order and shard) and plan-stage rejects."""
+    """Accepted samples (with split, order and shard) and plan-stage rejects.
 
+    `frame`: every scanned row in file order, canonical column names, clipped bboxes.
+    `samples`: the accepted rows in sample order: `row` (in `frame`), processid, split, shard.
+    """
+
+    frame: pl.DataFrame
     samples: pl.DataFrame
     rejects: pl.DataFrame
     shard_size: int
     excluded: int  # rows valid but in a split not asked for (`--splits`)
     clipped_bboxes: int
 
-    def shard_groups(self, compression: str) -> list[tuple[str, int, str, pl.DataFrame]]:
-        """(split, index, file name, rows) per shard, in split then index order."""
-        groups = []
-        for (split, index), rows in self.samples.group_by(["split", "shard"], maintain_order=True):
-            groups.append((split, int(index), shard_name(split, int(index), compression), rows))
-        return sorted(groups, key=lambda g: (g[0], g[1]))
+    def shard_groups(self) -> list[ShardGroup]:
+        """The shards, in split then index order (`samples` is sorted that way)."""
+        splits, shards = self.samples["split"], self.samples["shard"].to_numpy()
+        change = np.r_[True, (shards[1:] != shards[:-1]) | (splits[1:] != splits[:-1]).to_numpy()]
+        bounds = [*np.flatnonzero(change).tolist(), len(shards)]
+        rows, keys = self.samples["row"].to_numpy(), self.samples[ID]
+        return [
+            ShardGroup(splits[lo], int(shards[lo]), rows[lo:hi], keys.slice(lo, hi - lo))
+            for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)
+        ]
+
+    def rows(self, frame_rows: np.ndarray) -> pl.DataFrame:
+        """The given rows of the frame: every field a record needs."""
+        return self.frame.gather(frame_rows)
 
 
-def read_header(path: Path, delimiter: str) -> list[str]:
-    """The first line of a delimited file; a clear error when it is not one."""
-    if not path.is_file():
-        raise BionasError(f"{path}: no such file")
-    with open(path, "rb") as handle:
-        head = handle.read(65536)
-    if b"\x00" in head:
-        raise BionasError(f"{path} is not a CSV/TSV text file (it contains binary data)")
-    try:
-        first = head.decode("utf-8").splitlines()[0] if head else ""
-    except UnicodeDecodeError as exc:
-        raise BionasError(f"{path} is not a UTF-8 CSV/TSV text file ({exc.reason})") from exc
-    header = next(csv.reader([first], delimiter=delimiter), [])
-    if len(header) < 2:
-        kind = "tab-separated" if delimiter == "\t" else "comma-separated"
-        raise BionasError(f"{path} is not a {kind} table with a header line (got {first[:80]!r})")
-    return header
+@dataclass(frozen=True)
+class ShardGroup:
+    split: str
+    index: int
+    frame_rows: np.ndarray  # in sample order
+    keys: pl.Series  # their processids
 
 
-def require_columns(
-    path: Path, header: list[str], needed: list[str], owner: str = "bionas"
-) -> None:
-    missing = [c for c in needed if c not in header]
-    if missing:
-        shown = ", ".join(header[:30]) + (" ..." if len(header) > 30 else "")
-        raise BionasError(
-            f"{owner} needs column(s) {', '.join(missing)}, which {path} does not have "
-            f"(it has: {shown})"
-        )
-
-
-def path_expression(template: str) -> pl.Expr:
-    """The image path from the template over raw columns; empty parts collapse."""
-    names = [name for _, name, _, _ in string.Formatter().parse(template) if name]
-    pattern = re.sub(r"\{[^}]*\}", "{}", template)
-    joined = pl.format(pattern, *(pl.col(n).fill_null("").str.strip_chars() for n in names))
-    # an empty part leaves "//" (BIOSCAN's empty chunk) or a leading "/"
-    return joined.str.replace_all("//", "/", literal=True).str.strip_prefix("/").alias(PATH)
-
-
-def scan_metadata(cfg: IngestConfig, profile: DatasetProfile) -> pl.LazyFrame:
-    """Lazy scan of only the needed columns as strings, renamed to canonical names."""
-    if cfg.target not in profile.categorical:
-        raise BionasError(
-            f"--target {cfg.target} is not a field of profile {profile.name!r} "
-            f"(fields: {', '.join(profile.categorical)})"
-        )
-    header = read_header(cfg.metadata, profile.delimiter)
-    columns = profile.raw_columns(with_barcode=cfg.with_barcode)
-    require_columns(
-        cfg.metadata, header, columns, owner=f"profile {profile.name!r} ({profile.source})"
-    )
-    lf = pl.scan_csv(cfg.metadata, separator=profile.delimiter, infer_schema=False).select(columns)
-    if cfg.limit is not None:
-        lf = lf.head(cfg.limit)
-    kept = set(profile.raw_columns(with_barcode=cfg.with_barcode, with_path=False))
-    lf = lf.with_columns(path_expression(profile.image_path))
-    lf = lf.drop([c for c in profile.path_columns() if c not in kept])
-    lf = lf.rename(profile.rename_map()).with_row_index("row")
-    return lf.with_columns(
-        pl.col(c).str.strip_chars().cast(pl.Float64, strict=False) for c in profile.numeric
-    ).with_columns(  # the CSV reader gives null for empty cells; blank ones become null too
-        pl.when(pl.col(c).str.len_bytes() > 0).then(pl.col(c)) for c in profile.categorical
-    )
-
-
-def scan_bbox(path: Path) -> pl.LazyFrame:
-    header = read_header(path, "\t")
-    require_columns(path, header, list(BBOX_COLUMNS[:7]))
-    lf = pl.scan_csv(path, separator="\t", infer_schema=False).select(BBOX_COLUMNS[:7])
-    return lf.with_columns(
-        pl.col(c).str.strip_chars().cast(pl.Float64, strict=False) for c in (*FRAME, *BOX)
-    ).filter(pl.col("processid").is_first_distinct())
-
-
-def join_bbox(lf: pl.LazyFrame, bbox: pl.LazyFrame | None) -> pl.LazyFrame:
-    if bbox is None:
-        return lf.with_columns(pl.lit(None, pl.Float64).alias(c) for c in (*FRAME, *BOX))
-    return lf.join(bbox.rename({"processid": ID}), on=ID, how="left")
-
-
-def clip_bbox(lf: pl.LazyFrame) -> pl.LazyFrame:
+def clip_bbox(boxes: pl.DataFrame) -> pl.DataFrame:
     """Clip boxes to the frame; flag boxes that are degenerate or wholly outside (kept as is)."""
     w = pl.col("width_original").fill_null(DEFAULT_FRAME[0])
     h = pl.col("height_original").fill_null(DEFAULT_FRAME[1])
@@ -152,7 +91,7 @@ def clip_bbox(lf: pl.LazyFrame) -> pl.LazyFrame:
     degenerate = (pl.col("x1") <= pl.col("x0")) | (pl.col("y1") <= pl.col("y0"))
     empty_after_clip = ((clipped["x1"] - clipped["x0"]) < 1) | ((clipped["y1"] - clipped["y0"]) < 1)
     bad = has_box & (degenerate | empty_after_clip)
-    return lf.with_columns(
+    return boxes.with_columns(
         bad.alias("_bad_bbox"), (has_box & was_clipped & ~bad).alias("_clipped")
     ).with_columns(
         pl.when(has_box & ~pl.col("_bad_bbox")).then(expr).otherwise(pl.col(c)).alias(c)
@@ -160,20 +99,38 @@ def clip_bbox(lf: pl.LazyFrame) -> pl.LazyFrame:
     )
 
 
-def reject_reasons(lf: pl.LazyFrame, cfg: IngestConfig) -> pl.LazyFrame:
-    """Add `reason` (null for a good row); the first matching rule wins."""
-    pid = pl.col(ID)
-    rules = [
-        (pid.is_null() | ~pid.str.contains(SAFE_KEY_PATTERN), "unsafe_processid"),
-        (~pid.is_first_distinct(), "duplicate_processid"),
-        (pl.col(cfg.target).is_null(), "empty_target"),
-        (pl.col("_split").is_null(), "missing_split"),
-        (pl.col("_bad_bbox"), "bad_bbox"),
+def bbox_columns(ids: pl.Series, bbox: pl.DataFrame | None) -> pl.DataFrame:
+    """Per metadata row, the frame size and clipped box of its first bbox row, plus flags.
+
+    Consumes `bbox` (its columns are freed one by one).
+    """
+    if bbox is None:
+        none = pl.repeat(None, len(ids), dtype=pl.Float64, eager=True)
+        return clip_bbox(pl.DataFrame({c: none for c in (*FRAME, *BOX)}))
+    match = lookup_first(ids, bbox.drop_in_place("processid").rechunk())
+    match[match < 0] = bbox.height  # out of bounds: a row without bbox gets nulls
+    # column by column, each made contiguous first: a gather over the scan's chunks is slow
+    boxes = pl.DataFrame(
+        [bbox.drop_in_place(c).rechunk().gather(match, null_on_oob=True) for c in (*FRAME, *BOX)]
+    )
+    return clip_bbox(boxes)
+
+
+REASONS = ("unsafe_processid", "duplicate_processid", "empty_target", "missing_split", "bad_bbox")
+
+
+def reject_reasons(
+    frame: pl.DataFrame, ids: pl.Series, splits: Splits, bad_bbox: pl.Series, cfg: IngestConfig
+) -> np.ndarray:
+    """Per row, 0 for a good row or 1 + the index in REASONS of the first rule it breaks."""
+    broken = [
+        ~safe_keys(ids),
+        ~first_occurrence(ids),
+        (frame[cfg.target].is_null() | (frame[cfg.target] == "")).to_numpy(),  # blank: none
+        splits.codes < 0,
+        bad_bbox.to_numpy(),
     ]
-    reason = pl.when(rules[0][0]).then(pl.lit(rules[0][1]))
-    for cond, name in rules[1:]:
-        reason = reason.when(cond).then(pl.lit(name))
-    return lf.with_columns(reason.otherwise(None).alias("reason"))
+    return np.select(broken, np.arange(1, len(REASONS) + 1, dtype=np.int8), default=0)
 
 
 def reject_details(rejected: pl.DataFrame, cfg: IngestConfig) -> pl.DataFrame:
@@ -206,99 +163,98 @@ def reject_details(rejected: pl.DataFrame, cfg: IngestConfig) -> pl.DataFrame:
     )
 
 
-_FNV_OFFSET, _FNV_PRIME = 0xCBF29CE484222325, 0x100000001B3
+@dataclass(frozen=True)
+class Splits:
+    """Each row's split as a code into `names` (-1: none), and the raw value for messages."""
+
+    names: tuple[str, ...]
+    codes: np.ndarray
+    raw: pl.Expr  # over the scanned frame
+
+    def strings(self, rows: np.ndarray) -> pl.Series:
+        """The split names of the given rows (null for none)."""
+        codes = self.codes[rows]
+        named = pl.Series("_split", self.names, dtype=pl.String)
+        return named.gather(np.where(codes < 0, len(self.names), codes), null_on_oob=True)
 
 
-def stable_unit_hash(values: pl.Series, salt: str) -> np.ndarray:
-    """A uniform number in [0, 1) per string, stable across machines and library versions.
-
-    64-bit FNV-1a over the salted UTF-8 bytes, then the splitmix64 finaliser, vectorised
-    over byte positions with numpy (Polars' own hash may change between versions).
-    """
-    state = _FNV_OFFSET
-    for byte in salt.encode():
-        state = ((state ^ byte) * _FNV_PRIME) % (1 << 64)
-    strings = values.fill_null("").to_list()
-    try:
-        raw = np.array(strings, dtype=bytes) if strings else np.zeros(0, dtype="S1")
-    except UnicodeEncodeError:
-        raw = np.array([v.encode() for v in strings], dtype=bytes)
-    width = raw.dtype.itemsize
-    matrix = raw.view(np.uint8).reshape(len(raw), width)
-    lengths = np.char.str_len(raw)
-    h = np.full(len(raw), state, dtype=np.uint64)
-    prime = np.uint64(_FNV_PRIME)
-    with np.errstate(over="ignore"):
-        for j in range(width):
-            live = lengths > j
-            h[live] = (h[live] ^ matrix[live, j].astype(np.uint64)) * prime
-        h ^= h >> np.uint64(30)
-        h *= np.uint64(0xBF58476D1CE4E5B9)
-        h ^= h >> np.uint64(27)
-        h *= np.uint64(0x94D049BB133111EB)
-        h ^= h >> np.uint64(31)
-    return (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
-
-
-def assign_split(df: pl.DataFrame, cfg: IngestConfig, profile: DatasetProfile) -> pl.DataFrame:
-    """`_split`: the official split column, or a seeded hash of the id into ratio buckets."""
+def assign_split(
+    frame: pl.DataFrame, split_unit: np.ndarray, cfg: IngestConfig, profile: DatasetProfile
+) -> Splits:
+    """The official split column, or the seeded hash of the processid into ratio buckets."""
+    names = tuple(cfg.split_names)
     if cfg.split_source == "official":
         if not profile.split_column:
             raise BionasError(
                 f"profile {profile.name} has no split column: use --split-source random"
             )
-        raw = pl.col(OFFICIAL_SPLIT).str.strip_chars()
-        return df.with_columns(
-            raw.alias("_raw_split"),
-            pl.when(raw.is_in(list(cfg.split_names))).then(raw).otherwise(None).alias("_split"),
-        )
-    u = stable_unit_hash(df[ID], salt=f"bionas-split:{cfg.seed}:")
+        raw = pl.col(OFFICIAL_SPLIT).cast(pl.String).str.strip_chars()
+        known = frame.select(raw.cast(pl.Enum(names), strict=False).to_physical()).to_series()
+        return Splits(names, known.fill_null(-1).to_numpy().astype(np.int64), raw)
     edges = np.cumsum(cfg.split_ratios)[:-1]
-    names = np.array(cfg.split_names)
-    split = names[np.searchsorted(edges, u, side="right")]
-    return df.with_columns(
-        pl.Series("_split", split, dtype=pl.String), pl.lit("random").alias("_raw_split")
-    )
+    return Splits(names, np.searchsorted(edges, split_unit, side="right"), pl.lit("random"))
 
 
-def order_and_shard(accepted: pl.DataFrame, cfg: IngestConfig) -> pl.DataFrame:
-    """Seeded shuffled order within each split, then consecutive runs of `shard_size`.
+def order_and_shard(
+    ids: pl.Series, splits: Splits, order_unit: np.ndarray, rows: np.ndarray, size: int
+) -> pl.DataFrame:
+    """Seeded shuffled order within each split, then consecutive runs of `size` per shard.
 
     A sample's place comes from a seeded hash of its processid, so the order depends
-    neither on the CSV's row order nor on which other rows are present.
+    neither on the CSV's row order nor on which other rows are present. The key is one
+    float, the split's dense rank by name plus the hash, as in the first version, so keys
+    that round to equal values keep file order exactly as they did there.
     """
-    unit = stable_unit_hash(accepted[ID], salt=f"bionas-order:{cfg.seed}:")
-    # one float key (split rank by name + the unit hash): a single-key Polars sort is far
-    # faster than a gather of the wide frame or a sort on string columns
-    key = accepted["split"].rank("dense").to_numpy().astype(np.float64) + unit
-    ordered = accepted.with_columns(pl.Series("_key", key)).sort("_key", maintain_order=True)
-    ordered = ordered.drop("_key")
-    size = cfg.resolved_shard_size()
-    return ordered.with_columns(
-        (pl.int_range(pl.len()).over("split") // size).cast(pl.Int64).alias("shard")
+    codes = splits.codes[rows]
+    counts = np.bincount(codes, minlength=len(splits.names))
+    by_name = sorted(np.flatnonzero(counts), key=lambda c: splits.names[c])
+    rank = np.zeros(len(splits.names), dtype=np.float64)
+    rank[by_name] = np.arange(1, len(by_name) + 1)
+    key = rank[codes] + order_unit[rows]
+    rows = rows[stable_argsort(spread(key.view(np.uint64)))]
+    # sorted by split name first: each split is one run, in name order
+    sizes = counts[by_name]
+    run = np.repeat(np.arange(len(by_name)), sizes)  # each sample's split, by rank
+    names = pl.Series("split", [splits.names[c] for c in by_name], dtype=pl.String)
+    return pl.DataFrame(
+        {
+            "row": rows,
+            ID: ids.gather(rows),
+            "split": names.gather(run),
+            "shard": (np.arange(len(rows)) - np.repeat(np.cumsum(sizes) - sizes, sizes)) // size,
+        }
     )
 
 
 def make_plan(cfg: IngestConfig, profile: DatasetProfile) -> Plan:
-    """Scan, join, validate, split, order and shard: one lazy query, collected once."""
-    bbox = scan_bbox(cfg.bbox) if cfg.bbox else None
-    lf = scan_metadata(cfg, profile).pipe(join_bbox, bbox).pipe(clip_bbox)
-    try:
-        df = lf.collect()
-    except pl.exceptions.ComputeError as exc:
-        raise BionasError(f"cannot read {cfg.metadata} as a table: {exc}") from exc
-    df = assign_split(df, cfg, profile)
-    df = reject_reasons(df.lazy(), cfg).collect()
-    rejects = reject_details(df.filter(pl.col("reason").is_not_null()), cfg)
-    good = df.filter(pl.col("reason").is_null())
-    wanted = good["_split"].is_in(list(cfg.splits)) if cfg.splits else None
-    excluded = 0 if wanted is None else int((~wanted).sum())
-    if wanted is not None:
-        good = good.filter(wanted)
-    clipped = int(good["_clipped"].sum())
-    good = good.rename({"_split": "split"}).drop(
-        [c for c in ("_raw_split", "_bad_bbox", "_clipped", "reason") if c in good.columns]
+    """Scan, look up bboxes, validate, split, order and shard."""
+    scans = [(scan_metadata(cfg, profile), cfg.metadata)]
+    if cfg.bbox:
+        scans.append((scan_bbox(cfg.bbox), cfg.bbox))
+    frame, *bbox = collect_tables(scans)
+    ids = frame[ID].rechunk()  # contiguous: hashed over its Arrow buffers, gathered at random
+    frame = frame.with_columns(ids)
+    boxes = bbox_columns(ids, bbox.pop() if bbox else None)
+    frame = frame.with_columns(boxes[c] for c in (*FRAME, *BOX))
+    salts = [f"bionas-split:{cfg.seed}:", f"bionas-order:{cfg.seed}:"]
+    split_unit, order_unit = stable_unit_hashes(ids, salts)
+    splits = assign_split(frame, split_unit, cfg, profile)
+    reason = reject_reasons(frame, ids, splits, boxes["_bad_bbox"], cfg)
+    rejected = np.flatnonzero(reason)
+    rejects = reject_details(
+        frame.gather(rejected).with_columns(
+            pl.Series("reason", REASONS, dtype=pl.String).gather(reason[rejected] - 1),
+            splits.strings(rejected),
+            splits.raw.alias("_raw_split"),
+        ),
+        cfg,
     )
-    samples = order_and_shard(good, cfg)
+    asked = [i for i, name in enumerate(splits.names) if name in (cfg.splits or ())]
+    good = reason == 0
+    keep = good & np.isin(splits.codes, asked) if cfg.splits else good
+    excluded = int((good & ~keep).sum())
+    clipped = int((boxes["_clipped"].to_numpy() & keep).sum())
+    size = cfg.resolved_shard_size()
+    samples = order_and_shard(ids, splits, order_unit, np.flatnonzero(keep), size)
     log.info("plan: %d samples, %d rejects, %d excluded", samples.height, rejects.height, excluded)
-    return Plan(samples, rejects.cast(REJECT_SCHEMA), cfg.resolved_shard_size(), excluded, clipped)
+    return Plan(frame, samples, rejects.cast(REJECT_SCHEMA), size, excluded, clipped)

@@ -9,8 +9,8 @@ from pathlib import Path
 import polars as pl
 
 from bionas.errors import BionasError
-from bionas.ingest.plan import read_header, require_columns
 from bionas.ingest.profiles import DatasetProfile
+from bionas.ingest.scan import read_header, require_columns
 from bionas.manifests.align import align_vocabs
 from bionas.manifests.manifest import MANIFEST_NAME, VOCAB_DIR, load_manifest, write_manifest
 from bionas.manifests.vocab import Vocab, build_vocab, load_vocab, vocab_filename, write_vocab
