@@ -228,6 +228,39 @@ def test_unsafe_processids_are_rejected(synth, tmp_path):
     assert reasons["../escape"] == "unsafe_processid" and reasons["a.b"] == "unsafe_processid"
 
 
+def test_malformed_bbox_cells_are_rejects_and_a_malformed_frame_size_is_ignored(synth, tmp_path):
+    """Partly empty boxes, `nan`/`inf` coordinates: bad_bbox rejects (not a crash); a
+    frame size of `nan` or 0: unknown, so the image's own size is used."""
+    bbox = pl.read_csv(synth / "bbox.tsv", separator="\t", infer_schema=False)
+    planted = set(json.loads((synth / "corruptions.json").read_text())["corruptions"]["bad_bbox"])
+    good = [pid for pid in bbox["processid"] if pid not in planted][:5]
+    edits = {  # processid -> {column: raw cell}
+        good[0]: {"y1": ""},
+        good[1]: {"x0": "nan"},
+        good[2]: {"x1": "inf"},
+        good[3]: {"width_original": "nan"},
+        good[4]: {"height_original": "0"},
+    }
+    for pid, cells in edits.items():
+        for column, value in cells.items():
+            at = pl.col("processid") == pid
+            bbox = bbox.with_columns(
+                pl.when(at).then(pl.lit(value)).otherwise(pl.col(column)).alias(column)
+            )
+    bbox_file = tmp_path / "bbox.tsv"
+    bbox.write_csv(bbox_file, separator="\t")
+    out = tmp_path / "ds"
+    run_cli("ingest", synth / "metadata.csv", "--images", synth / "images" / "original_full",
+            "--bbox", bbox_file, "--out", out, "--size", 32, "--min-class-count", 20,
+            "--quiet")  # fmt: skip
+    rejects = {r["processid"]: r for r in _rejects(out).iter_rows(named=True)}
+    for pid in good[:3]:
+        assert rejects[pid]["reason"] == "bad_bbox", rejects.get(pid)
+    assert "missing" in rejects[good[0]]["detail"] and "NaN" in rejects[good[1]]["detail"]
+    landed = read_samples(out)
+    assert good[3] in landed and good[4] in landed
+
+
 def test_sigkill_mid_run_then_rerun_gives_identical_shards(synth, tmp_path):
     import os
     import signal
