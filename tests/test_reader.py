@@ -248,11 +248,14 @@ def test_preprocess_resizes_the_shorter_side_centre_crops_and_normalises():
 def test_batches_carry_uint8_pixels_that_normalise_like_the_float_transform(dataset):
     shards = tuple(load_manifest(dataset).shard_paths("train"))
     spec = StreamSpec(shards, batch_size=8, image_size=32, num_batches=1, shuffle=False)
-    batch = next(iter(BatchStream(spec, encoding_of(dataset))))
+    batch = next(iter(BatchStream(replace(spec, uint8=True), encoding_of(dataset))))
     assert batch.images.dtype == torch.uint8 and batch.images.shape == (8, 3, 32, 32)
     pixels = batch.images.float() / 255.0
     mean, std = torch.tensor(BIOSCAN_MEAN).view(3, 1, 1), torch.tensor(BIOSCAN_STD).view(3, 1, 1)
     torch.testing.assert_close(normalize_images(batch.images), (pixels - mean) / std)
+    normalised = next(iter(BatchStream(spec, encoding_of(dataset))))  # the default, for CPU
+    assert normalised.images.dtype == torch.float32
+    torch.testing.assert_close(normalised.images, normalize_images(batch.images))
 
 
 def test_an_endless_stream_over_only_broken_shards_fails_instead_of_spinning(tmp_path):

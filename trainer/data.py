@@ -36,7 +36,7 @@ from bionas.shards.format import decode_record
 from bionas.shards.reader import CorruptDataError, RawSample, ReadStats, Slot, read_samples
 from bionas.trainer.config import TrainConfig
 from bionas.trainer.encoding import Encoding
-from bionas.trainer.transforms import DECODE_ERRORS, decode_image
+from bionas.trainer.transforms import DECODE_ERRORS, decode_image, normalize_images
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ class StreamPosition:
 
 @dataclass(frozen=True)
 class Batch:
-    images: Tensor  # uint8 [B, 3, S, S]; `normalize_images` after the copy to the device
+    images: Tensor  # [B, 3, S, S]: normalised float, or uint8 (`StreamSpec.uint8`)
     meta: Tensor  # long [B, F]
     labels: Tensor  # long [B]
     keys: tuple[str, ...]  # processids
@@ -137,6 +137,10 @@ class StreamSpec:
     shuffle_buffer: int = 1000
     keep: HeldOut | None = None
     meta_dropout: float = 0.0  # train only: each metadata index -> 0 with this probability
+    # ship uint8 pixels, normalised on the device after the copy (CUDA: a quarter of the
+    # bytes through queues, pinned memory and PCIe); else normalise in the workers,
+    # where it runs in parallel (on CPU the main process would do it alone)
+    uint8: bool = False
     strict: bool = False
 
 
@@ -204,6 +208,8 @@ class BatchStream(IterableDataset):
                     state.unknown_class += 1
                     continue
                 image = decode_image(sample.jpg, self.spec.image_size)
+                if not self.spec.uint8:
+                    image = normalize_images(image)
             except DECODE_ERRORS as err:
                 if self.spec.strict:
                     raise CorruptDataError(

@@ -131,7 +131,8 @@ def _checkpoint(session: Session, model: BioAutoMLNAS, opts: Optimizers, state: 
 
 def _loader(session: Session, spec: StreamSpec, start: StreamPosition | None = None) -> DataLoader:
     """This rank's share of the stream `spec` describes."""
-    spec = replace(spec, rank=session.dist.rank, world_size=session.dist.world_size)
+    spec = replace(spec, rank=session.dist.rank, world_size=session.dist.world_size,
+                   uint8=session.device.type == "cuda")  # fmt: skip
     dataset = BatchStream(spec, session.encoding, start)
     return make_loader(dataset, session.config.workers, pin_memory=session.device.type == "cuda")
 
@@ -271,9 +272,10 @@ def train_step(
 
 
 def _to_device(batch: Batch, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
-    """The batch on `device`, its uint8 images normalised there."""
+    """The batch on `device`; uint8 images are normalised there, after the copy."""
+    images = batch.images.to(device, non_blocking=True)
     return (
-        normalize_images(batch.images.to(device, non_blocking=True)),
+        normalize_images(images) if images.dtype == torch.uint8 else images,
         batch.meta.to(device, non_blocking=True),
         batch.labels.to(device, non_blocking=True),
     )
