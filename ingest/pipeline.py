@@ -63,7 +63,10 @@ def run_ingest(cfg: IngestConfig, progress: bool = True) -> IngestSummary:
     )
 
     image_rejects = rejects_frame(run.results)
-    rejects = pl.concat([plan.rejects, image_rejects]).sort(["stage", "processid", "reason"])
+    # stable: ties (a duplicated id listed under two splits) keep file order
+    rejects = pl.concat([plan.rejects, image_rejects]).sort(
+        ["stage", "processid", "reason"], maintain_order=True
+    )
     rejects.write_parquet(cfg.out / REJECTS_NAME)
     landed = landed_samples(plan.samples, image_rejects)
     vocabs = build_vocabularies(plan.frame, landed, cfg, profile)
