@@ -70,7 +70,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
-from reporting import format_table, machine, machine_line, uptime_line
+from reporting import format_table, machine, machine_line, uptime_line, warm_page_cache
 
 FULL_ROWS = 5_150_850
 QUICK_ROWS = 200_000
@@ -510,12 +510,6 @@ def md5_seconds(path: Path) -> float:
     return time.perf_counter() - start
 
 
-def warm_cache(path: Path) -> None:
-    with open(path, "rb") as handle:
-        while handle.read(1 << 24):
-            pass
-
-
 def prepare_big(work: Path, ds: Path, official_small: Path, rows: int) -> tuple[Path, Path, Path]:
     """(big CSV, bionas dataset with its vocabularies, official layout over it)."""
     big_csv = find_big_csv(rows, work)
@@ -527,7 +521,7 @@ def prepare_big(work: Path, ds: Path, official_small: Path, rows: int) -> tuple[
 def startup(work: Path, ds: Path, official_small: Path, args) -> tuple[list, list, float | None]:
     rows = args.rows
     big_csv, ds_big, official_big = prepare_big(work, ds, official_small, rows)
-    warm_cache(big_csv)
+    warm_page_cache(big_csv)
     md5 = md5_seconds(big_csv) if args.md5 else None
     results = {}
     for workers in args.start_workers:

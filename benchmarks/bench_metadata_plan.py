@@ -38,14 +38,16 @@ import time
 from pathlib import Path
 
 import psutil
+from _common_data import synth_once
 from reporting import (
-    OUT_DIR,
     LoadMeter,
     format_table,
     machine,
     machine_line,
     uptime_line,
     wait_for_quiet,
+    warm_page_cache,
+    write_results,
 )
 
 FULL_ROWS = 5_150_850
@@ -124,31 +126,6 @@ def run_child(method: str, folder: Path) -> dict:
 # ---- parent ------------------------------------------------------------------------
 
 
-def ensure_metadata(folder: Path, rows: int) -> None:
-    if (folder / "metadata.csv").exists() and (folder / "bbox.tsv").exists():
-        return
-    print(f"generating {rows:,} rows of synthetic metadata in {folder} (once) ...", flush=True)
-    bionas = Path(sys.executable).with_name("bionas")
-    cmd = [
-        str(bionas) if bionas.exists() else "bionas",
-        "synth",
-        str(folder),
-        "--n",
-        str(rows),
-        "--no-images",
-    ]
-    start = time.perf_counter()
-    subprocess.run(cmd, check=True)
-    print(f"  done in {time.perf_counter() - start:.0f} s", flush=True)
-
-
-def warm_cache(paths: list[Path]) -> None:
-    for path in paths:
-        with open(path, "rb") as handle:
-            while handle.read(1 << 24):
-                pass
-
-
 def _poll_rss(pid: int, peak: list[int], stop: threading.Event) -> None:
     try:
         proc = psutil.Process(pid)
@@ -167,7 +144,7 @@ def _poll_rss(pid: int, peak: list[int], stop: threading.Event) -> None:
 
 def measure(method: str, folder: Path, max_wait_s: float = 0.0) -> dict:
     """Run one method in a fresh subprocess; its result plus wall time and peak RSS."""
-    warm_cache([folder / "metadata.csv", folder / "bbox.tsv"])
+    warm_page_cache(folder / "metadata.csv", folder / "bbox.tsv")
     # pandas runs on one core; Polars uses every core
     cores = 1 if method.startswith("pandas") else len(os.sched_getaffinity(0))
     wait_for_quiet(max_wait_s, cores)
@@ -337,23 +314,15 @@ def main() -> None:
     if rows >= 1_000_000:
         free = shutil.disk_usage(folder.parent if folder.parent.exists() else "/tmp").free
         print(f"free disk for the data: {free / 1e9:.0f} GB")
-    ensure_metadata(folder, rows)
+    synth_once(folder, rows, "--no-images")
     csv_bytes = (folder / "metadata.csv").stat().st_size
     results: dict[str, dict] = {}
     for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
         results[method] = measure_until_quiet(method, folder, repeats, max_tries, args.wait_quiet)
     report(rows, csv_bytes, results, info)
-    os.makedirs(OUT_DIR, exist_ok=True)
     name = "bench_metadata_plan-quick.json" if args.quick else f"bench_metadata_plan-{rows}.json"
-    body = {
-        "rows": rows,
-        "csv_bytes": csv_bytes,
-        "results": results,
-        "machine": info,
-        "command": " ".join(["python", "benchmarks/bench_metadata_plan.py", *sys.argv[1:]]),
-    }
-    Path(OUT_DIR, name).write_text(json.dumps(body, indent=2))
-    print(f"results: {Path(OUT_DIR, name)}")
+    body = {"rows": rows, "csv_bytes": csv_bytes, "results": results, "machine": info}
+    write_results(name, body)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ DataLoader workers), then normalisation with the BIOSCAN-5M mean/std (on the dev
 
 from __future__ import annotations
 
+import functools
 import io
 
 import numpy as np
@@ -13,17 +14,18 @@ from torch import Tensor
 # RGB mean/std of the cropped BIOSCAN-5M images (SPEC §3).
 BIOSCAN_MEAN = (0.7628, 0.7650, 0.7637)
 BIOSCAN_STD = (0.1421, 0.1564, 0.1731)
-_MEAN = torch.tensor(BIOSCAN_MEAN).view(3, 1, 1)
-_STD = torch.tensor(BIOSCAN_STD).view(3, 1, 1)
+# (x / 255 - mean) / std == x * _SCALE + _SHIFT
+_SCALE = 1.0 / (255.0 * torch.tensor(BIOSCAN_STD).view(3, 1, 1))
+_SHIFT = -torch.tensor(BIOSCAN_MEAN).view(3, 1, 1) / torch.tensor(BIOSCAN_STD).view(3, 1, 1)
 # What a damaged JPEG or JSON record raises while decoding.
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 def decode_image(image: Image.Image | bytes, image_size: int = 224) -> Tensor:
     """JPEG bytes or a PIL image -> uint8 tensor [3, S, S]: resize the shorter side to S,
-    centre-crop S x S. Batches travel as uint8 (a quarter of float32's bytes through the
-    worker queues, pinned memory and the host-to-device copy); `normalize_images` runs
-    on the device."""
+    centre-crop S x S. For CUDA training batches travel like this (a quarter of float32's
+    bytes through the worker queues, pinned memory and the host-to-device copy) and
+    `normalize_images` runs on the device; on CPU the DataLoader workers normalise."""
     if isinstance(image, bytes | bytearray | memoryview):
         image = Image.open(io.BytesIO(image))
         image.draft("RGB", (image_size, image_size))  # JPEG DCT scaling, both sides >= S
@@ -40,9 +42,14 @@ def decode_image(image: Image.Image | bytes, image_size: int = 224) -> Tensor:
 def normalize_images(pixels: Tensor) -> Tensor:
     """uint8 [..., 3, S, S] -> float32 scaled to [0, 1] and normalised with the BIOSCAN
     mean/std, on the pixels' device: (x / 255 - mean) / std as one multiply-add."""
-    scale = (1.0 / (255.0 * _STD)).to(pixels.device)
-    shift = (-_MEAN / _STD).to(pixels.device)
+    scale, shift = _affine(pixels.device)
     return torch.addcmul(shift, pixels.float(), scale)
+
+
+@functools.cache
+def _affine(device: torch.device) -> tuple[Tensor, Tensor]:
+    """The normalisation constants on `device`, copied there once (not once per batch)."""
+    return _SCALE.to(device), _SHIFT.to(device)
 
 
 def preprocess_image(image: Image.Image | bytes, image_size: int = 224) -> Tensor:
