@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from bionas.ingest.stable_hash import string_buffers
+from bionas.ingest.stable_hash import Buffers, string_buffers
 
 _BLOCK = 1 << 22
 SAFE_KEY_BYTES = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-:+@=,"
@@ -127,13 +127,13 @@ def _confirmed(ids: pl.Series, table: pl.Series, found: np.ndarray) -> np.ndarra
     return found
 
 
-def safe_keys(ids: pl.Series) -> np.ndarray:
+def safe_keys(ids: pl.Series, buffers: Buffers | None = None) -> np.ndarray:
     """Per id, whether it can be a sample key and a file name (`shards.format.is_safe_key`).
 
     1 to 90 bytes, all from the safe ASCII set; null is unsafe. Checked on the Arrow bytes
-    (`bytes.translate` flags the other bytes at C speed).
+    (`bytes.translate` flags the other bytes at C speed). `buffers`: `string_buffers(ids)`.
     """
-    offsets, data = string_buffers(ids)
+    offsets, data = buffers or string_buffers(ids)
     lengths = np.diff(offsets)
     safe = (lengths >= 1) & (lengths <= MAX_KEY_BYTES) & ids.is_not_null().to_numpy()
     flags = data[offsets[0] : offsets[-1]].tobytes().translate(_UNSAFE_BYTE)

@@ -1,6 +1,6 @@
 """The ingest plan (SPEC §4 step 1): which rows become samples, in which split and shard.
 
-scan (only the needed columns) -> bbox lookup -> clip -> split -> reject reasons ->
+scan (only the needed columns) -> bbox lookup and clip (`boxes`) -> split -> reject reasons ->
 sample order -> shard assignment. The result says, for every row, either which shard
 it lands in or why it was rejected.
 
@@ -13,21 +13,22 @@ gathered from the frame just before its task goes to a worker (`Plan.rows`).
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
 
 from bionas.errors import BionasError
+from bionas.ingest.boxes import DEFAULT_FRAME, lookup_boxes
 from bionas.ingest.config import IngestConfig
-from bionas.ingest.keys import first_occurrence, lookup_first, safe_keys, spread, stable_argsort
+from bionas.ingest.keys import first_occurrence, safe_keys, spread, stable_argsort
 from bionas.ingest.profiles import ID, OFFICIAL_SPLIT, DatasetProfile
 from bionas.ingest.scan import BOX, FRAME, collect_tables, scan_bbox, scan_metadata
-from bionas.ingest.stable_hash import stable_unit_hashes
+from bionas.ingest.stable_hash import stable_unit_hashes, string_buffers
 
 log = logging.getLogger(__name__)
 
-DEFAULT_FRAME = (1024.0, 768.0)
 REJECT_SCHEMA = {
     "processid": pl.String,
     "split": pl.String,
@@ -76,70 +77,19 @@ class ShardGroup:
     keys: pl.Series  # their processids
 
 
-def clip_bbox(boxes: pl.DataFrame) -> pl.DataFrame:
-    """Clip boxes to the frame; flag boxes that are malformed, degenerate or wholly outside
-    (kept as is, for the reject detail).
-
-    A box is four finite numbers or none at all: some coordinates given but not four
-    finite ones (an empty or unreadable cell, `nan`, `inf`) make it malformed. A frame
-    size that is not a positive finite number counts as unknown (null; the default
-    frame is assumed for clipping and the image's own size is used when cropping).
-    """
-    boxes = boxes.with_columns(
-        pl.when(pl.col(c).is_finite() & (pl.col(c) > 0)).then(pl.col(c)).alias(c) for c in FRAME
-    )
-    w = pl.col("width_original").fill_null(DEFAULT_FRAME[0])
-    h = pl.col("height_original").fill_null(DEFAULT_FRAME[1])
-    has_box = pl.all_horizontal(pl.col(c).is_finite().fill_null(False) for c in BOX)
-    malformed = pl.any_horizontal(pl.col(c).is_not_null() for c in BOX) & ~has_box
-    clipped = {
-        "x0": pl.max_horizontal(pl.col("x0"), 0.0),
-        "y0": pl.max_horizontal(pl.col("y0"), 0.0),
-        "x1": pl.min_horizontal(pl.col("x1"), w),
-        "y1": pl.min_horizontal(pl.col("y1"), h),
-    }
-    was_clipped = pl.any_horizontal(clipped[c] != pl.col(c) for c in BOX)
-    degenerate = (pl.col("x1") <= pl.col("x0")) | (pl.col("y1") <= pl.col("y0"))
-    empty_after_clip = ((clipped["x1"] - clipped["x0"]) < 1) | ((clipped["y1"] - clipped["y0"]) < 1)
-    bad = malformed | (has_box & (degenerate | empty_after_clip))
-    return boxes.with_columns(
-        bad.alias("_bad_bbox"), (has_box & was_clipped & ~bad).alias("_clipped")
-    ).with_columns(
-        pl.when(has_box & ~pl.col("_bad_bbox")).then(expr).otherwise(pl.col(c)).alias(c)
-        for c, expr in clipped.items()
-    )
-
-
-def bbox_columns(ids: pl.Series, bbox: pl.DataFrame | None) -> pl.DataFrame:
-    """Per metadata row, the frame size and clipped box of its first bbox row, plus flags.
-
-    Consumes `bbox` (its columns are freed one by one).
-    """
-    if bbox is None:
-        none = pl.repeat(None, len(ids), dtype=pl.Float64, eager=True)
-        return clip_bbox(pl.DataFrame({c: none for c in (*FRAME, *BOX)}))
-    match = lookup_first(ids, bbox.drop_in_place("processid").rechunk())
-    match[match < 0] = bbox.height  # out of bounds: a row without bbox gets nulls
-    # column by column, each made contiguous first: a gather over the scan's chunks is slow
-    boxes = pl.DataFrame(
-        [bbox.drop_in_place(c).rechunk().gather(match, null_on_oob=True) for c in (*FRAME, *BOX)]
-    )
-    return clip_bbox(boxes)
-
-
 REASONS = ("unsafe_processid", "duplicate_processid", "empty_target", "missing_split", "bad_bbox")
 
 
 def reject_reasons(
-    frame: pl.DataFrame, ids: pl.Series, splits: Splits, bad_bbox: pl.Series, cfg: IngestConfig
+    frame: pl.DataFrame, keys: KeyChecks, splits: Splits, bad_bbox: np.ndarray, cfg: IngestConfig
 ) -> np.ndarray:
     """Per row, 0 for a good row or 1 + the index in REASONS of the first rule it breaks."""
     broken = [
-        ~safe_keys(ids),
-        ~first_occurrence(ids),
+        ~keys.safe,
+        ~keys.first,
         (frame[cfg.target].is_null() | (frame[cfg.target] == "")).to_numpy(),  # blank: none
         splits.codes < 0,
-        bad_bbox.to_numpy(),
+        bad_bbox,
     ]
     return np.select(broken, np.arange(1, len(REASONS) + 1, dtype=np.int8), default=0)
 
@@ -172,6 +122,14 @@ def reject_details(rejected: pl.DataFrame, cfg: IngestConfig) -> pl.DataFrame:
         "reason",
         detail.alias("detail"),
     )
+
+
+@dataclass(frozen=True)
+class KeyChecks:
+    """Per row: whether its processid is a safe key, and whether no earlier row has it."""
+
+    safe: np.ndarray
+    first: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -245,12 +203,19 @@ def make_plan(cfg: IngestConfig, profile: DatasetProfile) -> Plan:
     frame, *bbox = collect_tables(scans)
     ids = frame[ID].rechunk()  # contiguous: hashed over its Arrow buffers, gathered at random
     frame = frame.with_columns(ids)
-    boxes = bbox_columns(ids, bbox.pop() if bbox else None)
-    frame = frame.with_columns(boxes[c] for c in (*FRAME, *BOX))
     salts = [f"bionas-split:{cfg.seed}:", f"bionas-order:{cfg.seed}:"]
-    split_unit, order_unit = stable_unit_hashes(ids, salts)
+    # independent whole-column passes, side by side: numpy and Polars release the GIL
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="bionas-plan") as pool:
+        looked_up = pool.submit(lookup_boxes, ids, bbox.pop() if bbox else None)
+        first = pool.submit(first_occurrence, ids)
+        buffers = string_buffers(ids)
+        split_unit, order_unit = stable_unit_hashes(buffers, salts)
+        keys = KeyChecks(safe_keys(ids, buffers), first.result())
+        del buffers
+        boxes = looked_up.result()
+    frame = frame.with_columns(boxes.columns[c] for c in (*FRAME, *BOX))
     splits = assign_split(frame, split_unit, cfg, profile)
-    reason = reject_reasons(frame, ids, splits, boxes["_bad_bbox"], cfg)
+    reason = reject_reasons(frame, keys, splits, boxes.bad, cfg)
     rejected = np.flatnonzero(reason)
     rejects = reject_details(
         frame.gather(rejected).with_columns(
@@ -264,7 +229,7 @@ def make_plan(cfg: IngestConfig, profile: DatasetProfile) -> Plan:
     good = reason == 0
     keep = good & np.isin(splits.codes, asked) if cfg.splits else good
     excluded = int((good & ~keep).sum())
-    clipped = int((boxes["_clipped"].to_numpy() & keep).sum())
+    clipped = int((boxes.clipped & keep).sum())
     size = cfg.resolved_shard_size()
     samples = order_and_shard(ids, splits, order_unit, np.flatnonzero(keep), size)
     log.info("plan: %d samples, %d rejects, %d excluded", samples.height, rejects.height, excluded)

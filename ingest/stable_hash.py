@@ -28,8 +28,14 @@ def salted_state(salt: str) -> int:
     return state
 
 
-def string_buffers(values: pl.Series) -> tuple[np.ndarray, np.ndarray]:
-    """(offsets, bytes) of the UTF-8 strings, nulls as empty strings; no copy where possible."""
+Buffers = tuple[np.ndarray, np.ndarray]  # (offsets, bytes) of strings in the Arrow layout
+
+
+def string_buffers(values: pl.Series) -> Buffers:
+    """(offsets, bytes) of the UTF-8 strings, nulls as empty strings; no copy where possible.
+
+    At 5M ids this costs ~0.1 s and ~130 MB: callers with several passes compute it once.
+    """
     arr = values.fill_null("").to_arrow()
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
@@ -101,10 +107,10 @@ def _unit(h: np.ndarray) -> np.ndarray:
 
 
 def stable_unit_hashes(
-    values: pl.Series, salts: Sequence[str], block_rows: int = _BLOCK_ROWS
+    values: pl.Series | Buffers, salts: Sequence[str], block_rows: int = _BLOCK_ROWS
 ) -> list[np.ndarray]:
     """One float64 array in [0, 1) per salt: the hash of salt + each string."""
-    offsets, data = string_buffers(values)
+    offsets, data = string_buffers(values) if isinstance(values, pl.Series) else values
     starts = offsets[:-1]
     lengths = hashed_lengths(offsets, data)
     states = np.array([salted_state(s) for s in salts], dtype=np.uint64)[:, None]

@@ -13,8 +13,9 @@ import string
 import numpy as np
 import polars as pl
 
+from bionas.ingest.boxes import DEFAULT_FRAME
 from bionas.ingest.config import IngestConfig
-from bionas.ingest.plan import BOX, FRAME, clip_bbox, reject_details
+from bionas.ingest.plan import BOX, FRAME, reject_details
 from bionas.ingest.profiles import BBOX_COLUMNS, ID, OFFICIAL_SPLIT, DatasetProfile
 
 SAFE_KEY_PATTERN = r"^[A-Za-z0-9_\-:+@=,]{1,90}$"
@@ -67,6 +68,40 @@ def _scan(cfg: IngestConfig, profile: DatasetProfile) -> pl.LazyFrame:
         pl.col(c).str.strip_chars().cast(pl.Float64, strict=False) for c in profile.numeric
     ).with_columns(
         pl.when(pl.col(c).str.len_bytes() > 0).then(pl.col(c)) for c in profile.categorical
+    )
+
+
+def clip_bbox(boxes: pl.DataFrame) -> pl.DataFrame:
+    """Clip boxes to the frame; flag boxes that are malformed, degenerate or wholly outside
+    (kept as is, for the reject detail).
+
+    A box is four finite numbers or none at all: some coordinates given but not four
+    finite ones (an empty or unreadable cell, `nan`, `inf`) make it malformed. A frame
+    size that is not a positive finite number counts as unknown (null; the default
+    frame is assumed for clipping and the image's own size is used when cropping).
+    """
+    boxes = boxes.with_columns(
+        pl.when(pl.col(c).is_finite() & (pl.col(c) > 0)).then(pl.col(c)).alias(c) for c in FRAME
+    )
+    w = pl.col("width_original").fill_null(DEFAULT_FRAME[0])
+    h = pl.col("height_original").fill_null(DEFAULT_FRAME[1])
+    has_box = pl.all_horizontal(pl.col(c).is_finite().fill_null(False) for c in BOX)
+    malformed = pl.any_horizontal(pl.col(c).is_not_null() for c in BOX) & ~has_box
+    clipped = {
+        "x0": pl.max_horizontal(pl.col("x0"), 0.0),
+        "y0": pl.max_horizontal(pl.col("y0"), 0.0),
+        "x1": pl.min_horizontal(pl.col("x1"), w),
+        "y1": pl.min_horizontal(pl.col("y1"), h),
+    }
+    was_clipped = pl.any_horizontal(clipped[c] != pl.col(c) for c in BOX)
+    degenerate = (pl.col("x1") <= pl.col("x0")) | (pl.col("y1") <= pl.col("y0"))
+    empty_after_clip = ((clipped["x1"] - clipped["x0"]) < 1) | ((clipped["y1"] - clipped["y0"]) < 1)
+    bad = malformed | (has_box & (degenerate | empty_after_clip))
+    return boxes.with_columns(
+        bad.alias("_bad_bbox"), (has_box & was_clipped & ~bad).alias("_clipped")
+    ).with_columns(
+        pl.when(has_box & ~pl.col("_bad_bbox")).then(expr).otherwise(pl.col(c)).alias(c)
+        for c, expr in clipped.items()
     )
 
 

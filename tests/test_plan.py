@@ -69,7 +69,7 @@ def write_tables(folder: Path, n: int = 400, seed: int = 0) -> tuple[Path, Path]
     writer.writerows(rows)
     metadata.write_text(text.getvalue().replace(QUOTED_EMPTY, '""'))
 
-    boxes = ["10", " 20 ", "x", "", "1e2", "-5", "2000", "nan"]
+    boxes = ["10", " 20 ", "x", "", "1e2", "-5", "2000", "nan", "inf", "-0.0", "0"]
     bbox = folder / "bbox.tsv"
     with open(bbox, "w", newline="") as handle:
         out = csv.writer(handle, delimiter="\t", lineterminator="\n")
@@ -81,7 +81,10 @@ def write_tables(folder: Path, n: int = 400, seed: int = 0) -> tuple[Path, Path]
             box = [x0, y0, x0 + int(rng.integers(-5, 300)), y0 + int(rng.integers(-5, 200))]
             if k % 11 == 0:
                 box = [pick(boxes)] * 4
-            out.writerow([pid, pick(["1024", "", " 1024 ", "512"]), "768", *box])
+            elif k % 7 == 0:
+                box[k % 4] = pick(boxes)  # one odd coordinate: partly empty, nan, inf, -0.0
+            frame = [pick(["1024", "", " 1024 ", "512", "0", "nan", "-1"]), pick(["768", "inf"])]
+            out.writerow([pid, *frame, *box])
             if k % 23 == 0:
                 out.writerow([pid, "1024", "768", 1, 1, 2, 2])  # a later duplicate: ignored
         out.writerow(["NOT-IN-METADATA", "1024", "768", 1, 1, 50, 50])
