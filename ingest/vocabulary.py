@@ -33,7 +33,8 @@ def count_values(
     """Value counts per canonical field over the rows of the counted splits."""
     canonical = {canon: raw for raw, canon in profile.rename_map().items()}
     raw = {f: canonical.get(f, f) for f in fields}
-    needed = list(dict.fromkeys(raw.values()))
+    counted = list(dict.fromkeys(raw.values()))
+    needed = list(counted)
     if cfg.count_splits:
         if not profile.split_column:
             raise BionasError(f"profile {profile.name!r} has no split column: drop --count-splits")
@@ -44,11 +45,31 @@ def count_values(
         needed,
         owner=f"profile {profile.name!r} ({profile.source})",
     )
-    lf = pl.scan_csv(cfg.metadata, separator=profile.delimiter, infer_schema=False).select(needed)
+    lf = pl.scan_csv(cfg.metadata, separator=profile.delimiter, infer_schema=False)
     if cfg.count_splits:
         lf = lf.filter(pl.col(profile.split_column).str.strip_chars().is_in(list(cfg.count_splits)))
-    df = lf.with_columns(pl.col(c).str.strip_chars().replace("", None) for c in needed).collect()
-    return {f: dict(df[raw[f]].drop_nulls().value_counts().iter_rows()) for f in fields}
+    counts = count_columns(lf, counted)
+    return {f: counts[raw[f]] for f in fields}
+
+
+def count_columns(lf: pl.LazyFrame, columns: list[str]) -> dict[str, dict[str, int]]:
+    """Counts of each column's stripped values, blanks left out, in one streaming pass."""
+    # One long (column, value) stream and one group_by keep only the groups in memory and read
+    # the file once. Two alternatives hold every column: collect_all over a group_by per column
+    # (the shared scan becomes a cache filled first) and `.replace("", None)` (not streamed).
+    groups = (
+        lf.select(columns)
+        .unpivot(on=columns, variable_name="column", value_name="value")
+        .with_columns(pl.col("value").str.strip_chars())
+        .filter(pl.col("value") != "")  # a null compares to null and is dropped too
+        .group_by("column", "value")
+        .len()
+        .collect(engine="streaming")
+    )
+    counts: dict[str, dict[str, int]] = {c: {} for c in columns}
+    for column, stripped, n in groups.iter_rows():
+        counts[column][stripped] = n
+    return counts
 
 
 def build_vocabs(cfg: VocabConfig, profile: DatasetProfile) -> dict[str, Vocab]:

@@ -1,7 +1,9 @@
 import json
 
+import polars as pl
 import pytest
 
+from bionas.ingest.vocabulary import count_columns
 from bionas.manifests.vocab import OTHER, UNKNOWN, build_vocab, load_vocab, write_vocab
 
 
@@ -64,3 +66,12 @@ def test_an_edited_vocab_file_is_refused(tmp_path):
     path.write_text(json.dumps(body))
     with pytest.raises(ValueError, match="sha256"):
         load_vocab(path)
+
+
+def test_column_counts_strip_values_and_leave_out_blank_and_missing_ones():
+    orders = [" Diptera", "Diptera ", "", "  ", None, "Odonata"]
+    lf = pl.LazyFrame(
+        {"order": orders, "genus": [None] * 6}, schema=dict.fromkeys(["order", "genus"], pl.String)
+    )
+    counts = count_columns(lf, ["order", "genus"])
+    assert counts == {"order": {"Diptera": 2, "Odonata": 1}, "genus": {}}

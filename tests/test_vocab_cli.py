@@ -66,6 +66,18 @@ def test_every_split_is_counted_unless_told_and_the_file_says_so(threshold_csv, 
     assert vocab_file(tmp_path / "499")["values"] == ["<unk>", "Diptera", "Coleoptera", "Other"]
 
 
+def test_padded_values_and_splits_count_stripped_and_blank_values_count_as_missing(tmp_path):
+    rows = [("P0", "Insecta", " Diptera ", "train"), ("P1", "Insecta", "Diptera", " train"),
+            ("P2", " Insecta", "   ", "train"), ("P3", "Insecta", "", "train\t"),
+            ("P4", "Insecta", "Diptera", "test"), ("P5", "Insecta", "Coleoptera", "train ")]  # fmt: skip
+    csv = write_csv(tmp_path / "meta.csv", "processid,class,order,split", rows)
+    run_cli("vocab", csv, "--out", tmp_path / "v", "--field", "class", "--min-count", 1,
+            "--count-splits", "train")  # fmt: skip
+    order = vocab_file(tmp_path / "v")
+    assert (order["values"], order["counts"]) == (["<unk>", "Diptera", "Coleoptera"], [0, 2, 1])
+    assert vocab_file(tmp_path / "v", "class")["counts"] == [0, 5]  # P2's class is stripped
+
+
 def test_vocab_files_are_identical_across_reruns(tmp_path):
     run_cli("synth", tmp_path / "i1m", "--profile", "insects-1m", "--n", 2000, "--no-images",
             "--quiet")  # fmt: skip
