@@ -2,7 +2,7 @@
 
 Plain numpy over whole columns (a dozen vectorised passes over 5M floats), not Polars
 expressions: at BIOSCAN-5M scale the expression form took ~0.6-1.1 s on 2 cores, this
-~0.15 s. A missing cell is tracked apart from a `nan` cell, because the rules differ:
+~0.25 s. A missing cell is tracked apart from a `nan` cell, because the rules differ:
 four missing coordinates are "no box", a `nan` one is a malformed box.
 """
 
