@@ -3,7 +3,7 @@
 Needs a CUDA GPU; on a machine without one it says so and exits (status 2) before
 measuring anything. `--help` works anywhere.
 
-Everything runs the real `bionas.trainer.loop.train_step` on synthetic inputs of the real
+Everything runs the real `bionas.trainer.step.train_step` on synthetic inputs of the real
 shapes (224 px images, dna_bin + class metadata indices at paper scale, 21 classes), one
 w step (AdamW on the weights) and one θ step (Adam on the logits) alternating as in
 Algorithm 1, with the process capped at `--gpu-memory-gb` (default 12) through
@@ -195,7 +195,7 @@ def search(setup, precision: str, args, cuda: Cuda) -> tuple[int, float]:
     from _common_train import build, synthetic_batch
 
     from bionas.trainer.batch_size import MAX_BATCH, MIN_BATCH, restoring_probe, search_batch_size
-    from bionas.trainer.loop import train_step
+    from bionas.trainer.step import train_step
 
     amp = amp_for(precision, cuda.device)
     model, opts = build(setup, cuda.device, amp)

@@ -23,8 +23,9 @@ from bionas.trainer.batch_size import (
     search_batch_size,
 )
 from bionas.trainer.config import TrainConfig, resolve_amp
-from bionas.trainer.loop import build_optimizers, train_step
 from bionas.trainer.model import ModelConfig, build_model
+from bionas.trainer.session import build_optimizers
+from bionas.trainer.step import train_step
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 CUDA = torch.device("cuda")

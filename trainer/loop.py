@@ -3,7 +3,7 @@
     train()          setup (bionas.trainer.session) -> epochs -> final checkpoint, model
     run_epoch()      batches -> one step each -> logs -> step checkpoints
     end_epoch()      validation -> collapse monitors -> history -> checkpoint
-    train_step()     one w step or one θ step
+    train_step()     one w step or one θ step (bionas.trainer.step)
 
 Algorithm 1: an even batch (index within the epoch) updates the weights w with AdamW
 (lr 1e-3, wd 1e-4) while θ is frozen; an odd batch updates θ with Adam (lr 3e-4, wd
@@ -31,12 +31,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 from torch.utils.data import DataLoader
 
 from bionas.trainer.batch_size import release_cached_memory
@@ -47,7 +46,7 @@ from bionas.trainer.checkpoint import (
     rank_state,
     save_checkpoint,
 )
-from bionas.trainer.config import Amp, TrainConfig
+from bionas.trainer.config import TrainConfig
 from bionas.trainer.data import (
     Batch,
     BatchStream,
@@ -74,8 +73,7 @@ from bionas.trainer.logs import (
 from bionas.trainer.model import BioAutoMLNAS
 from bionas.trainer.run import CHECKPOINT, save_model
 from bionas.trainer.session import Optimizers, Session, start_session
-from bionas.trainer.session import build_optimizers as build_optimizers  # tests, probes
-from bionas.trainer.transforms import normalize_images
+from bionas.trainer.step import StepResult, over_all_ranks, task_loss, to_device, train_step
 
 log = logging.getLogger(__name__)
 StepHook = Callable[[dict[str, Any]], None]
@@ -178,12 +176,12 @@ def run_epoch(
         from_arch = kind == "theta" and arch_batches is not None
         batch = next(arch_batches if from_arch else main_batches_iter)
         (state.arch if from_arch else state.main).advance(batch)
-        images, meta, labels = _to_device(batch, session.device)
+        images, meta, labels = to_device(batch, session.device)
         result = train_step(
             model, images, meta, labels, kind, opts, session.amp,
             grad_clip=cfg.grad_clip, label_smoothing=cfg.label_smoothing, forward=forward,
         )  # fmt: skip
-        result = _over_all_ranks(result, dist)
+        result = over_all_ranks(result, dist)
         seconds = time.perf_counter() - started
         state.batch += 1
         state.step += 1
@@ -199,86 +197,6 @@ def run_epoch(
             on_step(record)
     bar.close()
     return True
-
-
-@dataclass(frozen=True)
-class StepResult:
-    loss: float
-    correct: int
-    samples: int
-    grad_norm: float  # before clipping
-
-
-def _over_all_ranks(result: StepResult, dist: Dist) -> StepResult:
-    """The step's loss, correct count and samples over all ranks (DDP made the gradient,
-    hence `grad_norm`, the same on all ranks already)."""
-    if not dist.enabled:
-        return result
-    loss_sum, correct, samples = dist.sum([result.loss * result.samples, result.correct,
-                                           result.samples])  # fmt: skip
-    return replace(result, loss=loss_sum / samples, correct=int(correct), samples=int(samples))
-
-
-def task_loss(logits: Tensor, labels: Tensor, label_smoothing: float = 0.1) -> Tensor:
-    """Cross-entropy with label smoothing, computed in fp32."""
-    return F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
-
-
-def train_step(
-    model: nn.Module,
-    images: Tensor,
-    meta: Tensor,
-    labels: Tensor,
-    kind: str,
-    opts: Optimizers,
-    amp: Amp,
-    *,
-    grad_clip: float = 1.0,
-    label_smoothing: float = 0.1,
-    forward: nn.Module | None = None,
-) -> StepResult:
-    """One step of Algorithm 1: `kind="w"` updates the weights, `"theta"` the θ logits;
-    the other group is frozen (requires_grad off) and stays bit-identical. `forward`:
-    `model` wrapped in DDP, whose backward averages the gradients over the ranks (the
-    frozen group, absent from the graph, is left without gradients on every rank)."""
-    if kind == "w":
-        params, optimizer, scaler = model.weight_parameters(), opts.w, opts.w_scaler
-    elif kind == "theta" and opts.theta is not None:
-        params, optimizer, scaler = model.arch_parameters(), opts.theta, opts.theta_scaler
-    else:
-        raise ValueError(f"cannot take a {kind!r} step with this model")
-    updated = {id(p) for p in params}
-    for p in model.parameters():
-        p.requires_grad_(id(p) in updated)
-    running_stats = [(b, b.clone()) for b in model.buffers()] if kind == "theta" else []
-    model.zero_grad(set_to_none=True)
-    with amp.autocast():
-        logits = (forward or model)(images, meta)
-        loss = task_loss(logits, labels, label_smoothing)
-    scaler.scale(loss).backward()
-    scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
-    scaler.step(optimizer)
-    scaler.update()
-    with torch.no_grad():
-        for buffer, saved in running_stats:
-            buffer.copy_(saved)
-    return StepResult(
-        loss=float(loss.detach()),
-        correct=int((logits.detach().argmax(1) == labels).sum()),
-        samples=int(labels.shape[0]),
-        grad_norm=float(grad_norm),
-    )
-
-
-def _to_device(batch: Batch, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
-    """The batch on `device`; uint8 images are normalised there, after the copy."""
-    images = batch.images.to(device, non_blocking=True)
-    return (
-        normalize_images(images) if images.dtype == torch.uint8 else images,
-        batch.meta.to(device, non_blocking=True),
-        batch.labels.to(device, non_blocking=True),
-    )
 
 
 def _accumulate(totals: dict[str, float], kind: str, result: StepResult, seconds: float) -> None:
@@ -396,7 +314,7 @@ def evaluate(model: nn.Module, session: Session) -> dict[str, Any]:
     loader = _loader(session, val_spec(session.config, session.val_shards, session.batch_size))
     loss_sum, correct, samples = 0.0, 0, 0
     for batch in loader:
-        images, meta, labels = _to_device(batch, session.device)
+        images, meta, labels = to_device(batch, session.device)
         with session.amp.autocast():
             logits = model(images, meta)
         loss_sum += float(task_loss(logits, labels, session.config.label_smoothing)) * len(batch)

@@ -237,7 +237,7 @@ def _pick_batch_size(
     samples: int,
 ) -> int:
     """--batch-size N, or auto: the CUDA search over real w + θ steps, 32 on CPU."""
-    from bionas.trainer.loop import train_step  # the loop imports this module
+    from bionas.trainer.step import train_step  # it imports this module
 
     def probe_step(batch_size: int) -> None:
         # loss scale 1: fp16 steps must not be skipped as overflowed, or the optimiser
