@@ -129,7 +129,7 @@ def collect_tables(scans: list[tuple[pl.LazyFrame, Path]]) -> list[pl.DataFrame]
         raise
 
 
-def few_valued(profile: DatasetProfile) -> list[str]:
+def categorical_fields(profile: DatasetProfile) -> list[str]:
     """Label fields held as pl.Categorical: 4 bytes a row instead of a 16-byte string view.
 
     Every rank, the extra labels (country, ...) and the split: at BIOSCAN-5M scale this
@@ -144,7 +144,7 @@ def few_valued(profile: DatasetProfile) -> list[str]:
 def scan_metadata(cfg: IngestConfig, profile: DatasetProfile) -> pl.LazyFrame:
     """Lazy scan of only the needed columns, renamed to canonical names.
 
-    Numeric fields become Float64 (blank or malformed cells null), `few_valued` fields
+    Numeric fields become Float64 (blank or malformed cells null), `categorical_fields`
     pl.Categorical; path parts the frame would not keep as labels stay as `_part_<column>`.
     """
     if cfg.target not in profile.categorical:
@@ -168,7 +168,7 @@ def scan_metadata(cfg: IngestConfig, profile: DatasetProfile) -> pl.LazyFrame:
     lf = lf.drop([c for c in raw_parts if c not in kept]).rename(profile.rename_map())
     return lf.with_columns(
         *(pl.col(c).str.strip_chars().cast(pl.Float64, strict=False) for c in profile.numeric),
-        *(pl.col(c).cast(pl.Categorical) for c in few_valued(profile)),
+        *(pl.col(c).cast(pl.Categorical) for c in categorical_fields(profile)),
     )
 
 

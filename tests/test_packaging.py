@@ -28,10 +28,7 @@ def source_modules() -> set[str]:
     for package, folder in config["package-dir"].items():
         prefix = Path(*package.split("."))
         for path in (ROOT / folder).rglob("*.py"):
-            relative = path.relative_to(ROOT / folder)
-            if package == "bionas" and relative.parts[0] in config["package-dir"]:
-                continue
-            modules.add((prefix / relative).as_posix())
+            modules.add((prefix / path.relative_to(ROOT / folder)).as_posix())
     return modules
 
 
@@ -87,5 +84,6 @@ def test_the_installed_cli_starts_anywhere(wheel, tmp_path):
     for cwd in (tmp_path, ROOT):  # the repository root puts its own bionas/ first on the path
         out = installed_run(wheel, target, ["-m", "bionas", "inspect", "--help"], cwd)
         assert "--verify" in out
-        installed_run(wheel, target, ["-c", where], cwd)
-    assert str(target) in installed_run(wheel, target, ["-c", where], tmp_path)
+        imported_from = installed_run(wheel, target, ["-c", where], cwd)
+        if cwd == tmp_path:
+            assert str(target) in imported_from
