@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,6 +21,10 @@ OFFICIAL_SPLITS = (
 )
 RANDOM_SPLITS = ("train", "val", "test")
 TARGET_SHARD_BYTES = 100_000_000
+# BIOSCAN's image packages: original_full and original_256 hold whole photos (the bbox
+# table's boxes apply, scaled to the frame); cropped_256 (and BIOSCAN-1M's cropped) hold
+# photos already cut to the box.
+CROPPED_PACKAGE = re.compile(r"cropped(_\d+)?", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,13 @@ class IngestConfig:
             raise BionasError("--shard-size must be at least 1")
         if self.min_class_count < 1:
             raise BionasError("--min-class-count must be at least 1")
+        if self.bbox is not None and CROPPED_PACKAGE.fullmatch(Path(self.images).name):
+            raise BionasError(
+                f"{self.images} looks like BIOSCAN's {Path(self.images).name} image package, "
+                "whose photos are already cropped to the specimen: --bbox would crop them "
+                "a second time. Leave out --bbox for it, or point --images at original_full "
+                "(or original_256) to crop from the whole photos."
+            )
 
     @property
     def worker_count(self) -> int:

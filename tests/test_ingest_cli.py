@@ -207,6 +207,21 @@ def test_a_file_that_is_not_a_csv_is_refused_clearly(synth, tmp_path):
     assert result.exit_code != 0 and "not a CSV" in result.output
 
 
+def test_bbox_with_an_already_cropped_image_package_is_refused(synth, tmp_path):
+    # BIOSCAN's cropped_256 photos are cut to the box already: cropping them again with
+    # the bbox table's boxes would silently keep a part of each specimen
+    cropped = tmp_path / "images" / "cropped_256"
+    cropped.parent.mkdir()
+    cropped.symlink_to(synth / "images" / "original_full")
+    args = ["ingest", synth / "metadata.csv", "--images", cropped, "--limit", 20, "--size", 32]
+    result = run_cli(*args, "--bbox", synth / "bbox.tsv", "--out", tmp_path / "x", ok=False)
+    assert result.exit_code != 0
+    assert "cropped_256" in result.output and "--bbox" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "x" / "shards").exists()
+    run_cli(*args, "--out", tmp_path / "y")  # the same package without --bbox is fine
+    assert shard_files(tmp_path / "y")
+
+
 def test_unsafe_processids_are_rejected(synth, tmp_path):
     metadata = pl.read_csv(synth / "metadata.csv", infer_schema=False)
     evil = metadata.head(2).with_columns(pl.Series("processid", ["../escape", "a.b"]))

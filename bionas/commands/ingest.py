@@ -120,6 +120,8 @@ def command(metadata_csv: Path, splits: str | None, quiet: bool, **options) -> N
       bionas ingest BIOSCAN_5M_Insect_Dataset_metadata.csv \\
           --images bioscan5m/images/original_full \\
           --bbox BIOSCAN_5M_Insect_bbox.tsv --out ds/
+      bionas ingest BIOSCAN_5M_Insect_Dataset_metadata.csv \\
+          --images bioscan5m/images/cropped_256 --out ds/   # already cropped: no --bbox
       bionas ingest meta.csv --images imgs/ --out ds/ --split-source official \\
           --splits train,val,test --compression zstd --limit 10000
     """
