@@ -97,9 +97,45 @@ def test_loading_a_genotype_with_an_unknown_op_names_cell_edge_and_op(tmp_path):
 def test_render_shows_every_cell_edge_and_cut(genotype):
     text = render(genotype)
     assert "cell 0 (normal):" in text and "cell 1 (reduction):" in text
-    assert "x -> z1: dw_sep_3x3 [D3] (α=0.500)" in text
+    assert "x -> z1: dw_sep_3x3 [D3] (α=0.500; next " in text
     assert "z1 -> z2: edge cut (zero won" in text
     assert text.count(" -> ") == 6
+    assert "near tie" not in text  # 0.5 against 0.056: every edge decided
+
+
+def test_near_ties_are_flagged_per_edge_and_summed_up():
+    decided = row("se", top=0.5)
+    close = [0.105 if n == "se" else 0.1 for n in OP_NAMES]  # se leads the rest by 5%
+    barely = [0.12 if n == "se" else 0.1 for n in OP_NAMES]  # a 20% lead is decided
+    rows = {"cell0.e1": decided, "cell0.e2a": close, "cell0.e2b": barely}
+    genotype = derive(rows, [False])
+    assert genotype.near_ties == ["cell0.e2a"]
+    edge = genotype.cells[0].edges[1]
+    assert edge.op == "se" and edge.alpha == pytest.approx(0.105)
+    assert edge.runner_up == (OP_NAMES[0], pytest.approx(0.1))  # first of the equal rest
+    text = render(genotype)
+    assert text.count("near tie") == 2  # the edge's line and the summary
+    assert "1 of 3 edges are near ties" in text and "--lr-theta" in text
+
+
+def test_a_uniform_search_is_all_near_ties_and_a_one_hot_genotype_none():
+    uniform = {f"cell0.{e}": [1.0 / K] * K for e in ("e1", "e2a", "e2b")}
+    assert len(derive(uniform, [False]).near_ties) == 3
+    hand_written = Genotype.from_json(
+        json.dumps(
+            {
+                "format": "bionas.genotype/1",
+                "cells": [
+                    {
+                        "index": 0,
+                        "reduction": False,
+                        "edges": {e: {"op": "skip"} for e in ("e1", "e2a", "e2b")},
+                    }
+                ],
+            }  # fmt: skip
+        )
+    )
+    assert hand_written.near_ties == []
 
 
 @pytest.mark.parametrize(

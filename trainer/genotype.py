@@ -17,6 +17,9 @@ FORMAT = "bionas.genotype/1"
 # Edge name -> (source node, target node): eqs. (7)-(8).
 EDGES: dict[str, tuple[str, str]] = {"e1": ("x", "z1"), "e2a": ("x", "z2"), "e2b": ("z1", "z2")}
 EDGE_NAMES: tuple[str, ...] = tuple(EDGES)
+# An edge is undecided when its kept op's α is less than this factor above the next op's:
+# the search has not separated them, and the choice there is close to arbitrary.
+NEAR_TIE = 1.10
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,22 @@ class EdgeChoice:
     def cut(self) -> bool:
         """True when the zero op won: the edge contributes nothing."""
         return self.op == ZERO
+
+    @property
+    def alpha(self) -> float:
+        return self.alphas[OP_NAMES.index(self.op)]
+
+    @property
+    def runner_up(self) -> tuple[str, float]:
+        """The op with the largest α after the kept one, and that α."""
+        kept = OP_NAMES.index(self.op)
+        best = max((k for k in range(len(OP_NAMES)) if k != kept), key=lambda k: self.alphas[k])
+        return OP_NAMES[best], self.alphas[best]
+
+    @property
+    def near_tie(self) -> bool:
+        """The kept op's α is within NEAR_TIE of the runner-up's (a one-hot row never is)."""
+        return self.alpha < NEAR_TIE * self.runner_up[1]
 
 
 @dataclass(frozen=True)
@@ -54,6 +73,11 @@ class Genotype:
     @property
     def reduction_flags(self) -> tuple[bool, ...]:
         return tuple(c.reduction for c in self.cells)
+
+    @property
+    def near_ties(self) -> list[str]:
+        """The edges the search has not decided (`EdgeChoice.near_tie`), as `cellI.EDGE`."""
+        return [edge_key(c.index, e.edge) for c in self.cells for e in c.edges if e.near_tie]
 
     def to_json(self) -> str:
         cells = [
@@ -146,9 +170,19 @@ def render(genotype: Genotype) -> str:
         lines.append(f"cell {cell.index} ({kind}):")
         for e in cell.edges:
             src, dst = EDGES[e.edge]
-            alpha = e.alphas[OP_NAMES.index(e.op)]
-            what = f"{e.op} [{SYMBOLS[e.op]}] (α={alpha:.3f})"
+            next_op, next_alpha = e.runner_up
+            what = f"{e.op} [{SYMBOLS[e.op]}] (α={e.alpha:.3f}"
             if e.cut:
-                what = f"edge cut (zero won, α={alpha:.3f})"
-            lines.append(f"  {src} -> {dst}: {what}")
+                what = f"edge cut (zero won, α={e.alpha:.3f}"
+            tie = ", near tie" if e.near_tie else ""
+            lines.append(f"  {src} -> {dst}: {what}; next {next_op} {next_alpha:.3f}{tie})")
+    ties = genotype.near_ties
+    if ties:
+        edges = sum(len(c.edges) for c in genotype.cells)
+        lines.append(
+            f"{len(ties)} of {edges} edges are near ties (the kept op's α is less than "
+            f"{NEAR_TIE - 1:.0%} above the next op's; an even share is {1 / len(OP_NAMES):.3f}): "
+            "the search has not decided them and the op kept there is close to arbitrary. "
+            "Search longer or with a higher --lr-theta."
+        )
     return "\n".join(lines) + "\n"
