@@ -43,8 +43,8 @@ def read_header(path: Path, delimiter: str) -> list[str]:
         head = handle.read(65536)
     if b"\x00" in head:
         raise BionasError(f"{path} is not a CSV/TSV text file (it contains binary data)")
-    try:
-        first = head.decode("utf-8").splitlines()[0] if head else ""
+    try:  # utf-8-sig: a byte-order mark (a spreadsheet's export) is not part of a name
+        first = head.decode("utf-8-sig").splitlines()[0] if head else ""
     except UnicodeDecodeError as exc:
         raise BionasError(f"{path} is not a UTF-8 CSV/TSV text file ({exc.reason})") from exc
     header = next(csv.reader([first], delimiter=delimiter), [])

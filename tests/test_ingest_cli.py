@@ -207,6 +207,18 @@ def test_a_file_that_is_not_a_csv_is_refused_clearly(synth, tmp_path):
     assert result.exit_code != 0 and "not a CSV" in result.output
 
 
+def test_a_byte_order_mark_and_crlf_line_ends_are_read_as_plain_csv(synth, dataset, tmp_path):
+    # what a spreadsheet's "CSV UTF-8" export writes; Polars drops the mark, and so must
+    # the header check, or it reports processid missing
+    raw = (synth / "metadata.csv").read_bytes()
+    csv = tmp_path / "metadata.csv"
+    csv.write_bytes(b"\xef\xbb\xbf" + raw.replace(b"\n", b"\r\n"))
+    args = ["--min-class-count", 20, "--shard-size", 64, "--size", 64, "--workers", 2]
+    run_cli("ingest", csv, "--images", synth / "images" / "original_full",
+            "--bbox", synth / "bbox.tsv", "--out", tmp_path / "ds", "--quiet", *args)  # fmt: skip
+    assert shard_files(tmp_path / "ds") == shard_files(dataset)
+
+
 def test_bbox_with_an_already_cropped_image_package_is_refused(synth, tmp_path):
     # BIOSCAN's cropped_256 photos are cut to the box already: cropping them again with
     # the bbox table's boxes would silently keep a part of each specimen
