@@ -35,12 +35,24 @@ READ_AHEAD_ENV = "POLARS_CSV_CHUNK_PREFETCH_LIMIT"
 READ_AHEAD_CHUNKS = 4
 
 
+# BIOSCAN-5M's metadata is also distributed zipped; say what to do rather than "binary"
+ARCHIVES = (
+    (b"PK\x03\x04", "zip archive", "unzip"),
+    (b"\x1f\x8b", "gzip file", "gunzip"),
+    (b"(\xb5/\xfd", "zstd file", "unzstd"),
+    (b"\xfd7zXZ\x00", "xz file", "unxz"),
+)
+
+
 def read_header(path: Path, delimiter: str) -> list[str]:
     """The first line of a delimited file; a clear error when it is not one."""
     if not path.is_file():
         raise BionasError(f"{path}: no such file")
     with open(path, "rb") as handle:
         head = handle.read(65536)
+    for magic, kind, how in ARCHIVES:
+        if head.startswith(magic):
+            raise BionasError(f"{path} is a {kind}, not a CSV/TSV text file: {how} it first")
     if b"\x00" in head:
         raise BionasError(f"{path} is not a CSV/TSV text file (it contains binary data)")
     try:  # utf-8-sig: a byte-order mark (a spreadsheet's export) is not part of a name

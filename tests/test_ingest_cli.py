@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import shutil
+import zipfile
 
 import polars as pl
 import pytest
@@ -232,6 +234,22 @@ def test_bbox_with_an_already_cropped_image_package_is_refused(synth, tmp_path):
     assert "Traceback" not in result.output and not (tmp_path / "x" / "shards").exists()
     run_cli(*args, "--out", tmp_path / "y")  # the same package without --bbox is fine
     assert shard_files(tmp_path / "y")
+
+
+@pytest.mark.parametrize("kind", ["zip", "gzip"])
+def test_a_compressed_metadata_file_says_to_decompress_it(synth, tmp_path, kind):
+    packed = tmp_path / f"metadata.csv.{kind}"
+    if kind == "zip":  # how BIOSCAN-5M's metadata is also distributed
+        with zipfile.ZipFile(packed, "w") as archive:
+            archive.write(synth / "metadata.csv", "metadata.csv")
+    else:
+        packed.write_bytes(gzip.compress((synth / "metadata.csv").read_bytes()))
+    images = synth / "images" / "original_full"
+    result = run_cli("ingest", packed, "--images", images, "--out", tmp_path / "x", ok=False)
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert (
+        f"{kind} " in result.output and f"{'un' if kind == 'zip' else 'gun'}zip it" in result.output
+    )
 
 
 def test_unsafe_processids_are_rejected(synth, tmp_path):
