@@ -13,6 +13,7 @@ from bionas.errors import BionasError
 from bionas.ingest.config import IngestConfig
 from bionas.ingest.execute import STATE_DIR, build_tasks, execute, rejects_frame
 from bionas.ingest.plan import make_plan
+from bionas.ingest.preflight import check_image_root, sampled_paths
 from bionas.ingest.profiles import resolve_profile
 from bionas.ingest.record import (
     build_vocabularies,
@@ -54,6 +55,7 @@ def run_ingest(cfg: IngestConfig, progress: bool = True) -> IngestSummary:
             f"no usable rows in {cfg.metadata}: {plan.rejects.height} rejected, "
             f"{plan.excluded} outside --splits"
         )
+    check_image_root(cfg.images, sampled_paths(plan, profile))
     cfg.out.mkdir(parents=True, exist_ok=True)
     shard_dir = cfg.out / SHARD_DIR
     tasks = build_tasks(plan, cfg, profile, shard_dir)

@@ -221,6 +221,19 @@ def test_a_byte_order_mark_and_crlf_line_ends_are_read_as_plain_csv(synth, datas
     assert shard_files(tmp_path / "ds") == shard_files(dataset)
 
 
+@pytest.mark.parametrize("wrong", ["images", "images/original_full/train"])
+def test_an_images_root_holding_none_of_the_images_stops_before_any_work(synth, tmp_path, wrong):
+    # one level too high or too deep: every row would be a missing_file reject
+    result = run_cli(
+        "ingest", synth / "metadata.csv", "--images", synth / wrong, "--bbox",
+        synth / "bbox.tsv", "--out", tmp_path / "x", "--quiet", ok=False,
+    )  # fmt: skip
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert "none of 200 images sampled" in result.output
+    assert f"did you mean --images {synth / 'images' / 'original_full'}?" in result.output
+    assert not (tmp_path / "x" / "shards").exists()
+
+
 def test_bbox_with_an_already_cropped_image_package_is_refused(synth, tmp_path):
     # BIOSCAN's cropped_256 photos are cut to the box already: cropping them again with
     # the bbox table's boxes would silently keep a part of each specimen
