@@ -78,9 +78,14 @@ def load_manifest(dataset_dir: Path) -> Manifest:
     """Read `manifest.json` of a dataset; a clear error when it is not a bionas dataset."""
     path = manifest_path(dataset_dir)
     if not path.exists():
+        above = [d for d in Path(dataset_dir).resolve().parents[:2] if manifest_path(d).exists()]
+        hint = (
+            f"; {above[0]} is one: did you mean it?"
+            if above
+            else " (create one with `bionas ingest`)"
+        )
         raise FileNotFoundError(
-            f"{dataset_dir} is not a bionas dataset: {path.name} is missing "
-            "(create one with `bionas ingest`)"
+            f"{dataset_dir} is not a bionas dataset: {path.name} is missing{hint}"
         )
     body = json.loads(path.read_text())
     if body.get("schema") != SCHEMA:

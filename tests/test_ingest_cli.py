@@ -177,6 +177,14 @@ def test_inspect_verify_catches_a_flipped_byte(dataset, tmp_path):
     assert shard.name in result.output
 
 
+def test_a_folder_inside_a_dataset_points_to_the_dataset(dataset, tmp_path):
+    result = run_cli("inspect", dataset / "shards" / "train", ok=False)
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert f"{dataset.resolve()} is one: did you mean it?" in result.output
+    result = run_cli("inspect", tmp_path, ok=False)  # no dataset above: how to make one
+    assert "create one with `bionas ingest`" in result.output
+
+
 def test_missing_column_is_named_with_the_file(synth, tmp_path):
     csv = tmp_path / "metadata.csv"
     pl.read_csv(synth / "metadata.csv", infer_schema=False).drop("order").write_csv(csv)
