@@ -200,6 +200,30 @@ def test_predict_prints_top_k_classes_as_json(trained, tmp_path):
     assert body["meta"]["class"] == {"value": "Nope", "index": 0, "known": False}
 
 
+def test_predict_with_a_bbox_sees_what_ingest_would_crop(trained, tmp_path):
+    # a 200x150 "photo" (lossless PNG) with a specimen inside the box: predicting on the
+    # photo with --bbox must equal predicting on the crop ingest would make (box + margin)
+    from PIL import Image
+
+    _, run = trained
+    rng = np.random.default_rng(0)
+    photo = Image.fromarray(rng.integers(0, 256, (150, 200, 3), dtype=np.uint8))
+    photo.save(tmp_path / "photo.png")
+    box, margin = (60, 40, 140, 100), 0.25  # grown by 20 x 15 on each side
+    photo.crop((40, 25, 160, 115)).save(tmp_path / "crop.png")
+
+    def top(*args):
+        result = invoke("predict", run, *args, "--top-k", "4")
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)["predictions"]
+
+    cropped = top(tmp_path / "photo.png", "--bbox", ",".join(map(str, box)),
+                  "--crop-margin", margin)  # fmt: skip
+    assert cropped[0]["bbox"] == list(box)
+    assert cropped[0]["top_k"] == top(tmp_path / "crop.png")[0]["top_k"]
+    assert cropped[0]["top_k"] != top(tmp_path / "photo.png")[0]["top_k"]  # the crop mattered
+
+
 def test_predict_errors_name_the_problem_without_a_traceback(trained, tmp_path):
     _, run = trained
     not_image = tmp_path / "notes.jpg"
@@ -209,6 +233,9 @@ def test_predict_errors_name_the_problem_without_a_traceback(trained, tmp_path):
         ([tmp_path / "missing.jpg"], "cannot read image"),
         ([not_image, "--meta", "order=Diptera"], "allowed: dna_bin, class"),
         ([not_image, "--meta", "dna_bin"], "FIELD=VALUE"),
+        ([not_image, "--bbox", "10,10,5,20"], "X1 > X0"),
+        ([not_image, "--bbox", "1,2,3"], "X0,Y0,X1,Y1"),
+        ([not_image, not_image, "--bbox", "1,2,30,40"], "1 --bbox for 2 images"),
     ]
     for args, message in cases:
         result = invoke("predict", run, *args)

@@ -7,6 +7,8 @@ a training sample with that field empty.
 
 from __future__ import annotations
 
+import io
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -51,8 +53,43 @@ def meta_indices(
     return indices, notes
 
 
-def load_image(path: Path, image_size: int) -> torch.Tensor:
-    """The model input [3, S, S] of an image file; a clear error when it cannot be read."""
+Box = tuple[float, float, float, float]
+
+
+def parse_box(text: str) -> Box:
+    """`"x0,y0,x1,y1"` in the photo's pixels -> a box with x1 > x0 and y1 > y0."""
+    try:
+        box = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        box = ()
+    if len(box) != 4 or not all(map(math.isfinite, box)) or box[2] <= box[0] or box[3] <= box[1]:
+        raise BionasError(
+            f"--bbox {text!r}: expected X0,Y0,X1,Y1 with X1 > X0 and Y1 > Y0, e.g. 300,200,700,560"
+        )
+    return box  # type: ignore[return-value]
+
+
+def specimen_crop(image: Image.Image, box: Box, margin: float) -> Image.Image:
+    """The box grown by `margin` of its size on each side, clipped to the photo: the crop
+    `bionas ingest` makes (same rule as its --crop-margin), so the model sees what it
+    was trained on."""
+    from PIL import ImageOps
+
+    image = ImageOps.exif_transpose(image)  # boxes are given on the upright photo
+    x0, y0, x1, y1 = box
+    mx, my = (x1 - x0) * margin, (y1 - y0) * margin
+    width, height = image.size
+    grown = (max(0.0, x0 - mx), max(0.0, y0 - my), min(width, x1 + mx), min(height, y1 + my))
+    if grown[2] - grown[0] < 1 or grown[3] - grown[1] < 1:
+        raise BionasError(f"--bbox {box} lies outside the {width}x{height} photo")
+    return image.crop(tuple(round(v) for v in grown))
+
+
+def load_image(
+    path: Path, image_size: int, box: Box | None = None, margin: float = 0.1
+) -> torch.Tensor:
+    """The model input [3, S, S] of an image file (cropped to `box` + margin if given);
+    a clear error when it cannot be read."""
     from bionas.trainer.transforms import preprocess_image
 
     try:
@@ -60,7 +97,11 @@ def load_image(path: Path, image_size: int) -> torch.Tensor:
     except OSError as err:
         raise BionasError(f"cannot read image {path}: {err.strerror or err}") from err
     try:
-        return preprocess_image(data, image_size)
+        if box is None:
+            return preprocess_image(data, image_size)
+        return preprocess_image(
+            specimen_crop(Image.open(io.BytesIO(data)), box, margin), image_size
+        )
     except Image.UnidentifiedImageError as err:
         raise BionasError(f"{path} is not an image in a format PIL can read") from err
     except _IMAGE_ERRORS as err:
@@ -68,12 +109,29 @@ def load_image(path: Path, image_size: int) -> torch.Tensor:
 
 
 def predict_images(
-    run: Any, images: Sequence[Path], meta: Mapping[str, str], *, top_k: int = 5
+    run: Any,
+    images: Sequence[Path],
+    meta: Mapping[str, str],
+    *,
+    top_k: int = 5,
+    boxes: Sequence[Box] = (),
+    margin: float = 0.1,
 ) -> dict[str, Any]:
-    """Top-k classes with probabilities for each image (`run`: trainer.run.TrainedRun)."""
+    """Top-k classes with probabilities for each image (`run`: trainer.run.TrainedRun).
+
+    `boxes`: none, or one specimen box per image (photo pixels), cropped as ingest does.
+    """
     if top_k < 1:
         raise BionasError(f"--top-k must be >= 1, got {top_k}")
-    tensors = [load_image(Path(p), run.image_size) for p in images]  # fail before computing
+    if boxes and len(boxes) != len(images):
+        raise BionasError(f"{len(boxes)} --bbox for {len(images)} images: give one per image")
+    if margin < 0:
+        raise BionasError("--crop-margin must be >= 0")
+    chosen = list(boxes) or [None] * len(images)
+    tensors = [  # fail before computing
+        load_image(Path(p), run.image_size, box, margin)
+        for p, box in zip(images, chosen, strict=True)
+    ]
     indices, notes = meta_indices(meta, run.meta_fields, run.vocabs)
     k = min(top_k, len(run.class_names))
     model = run.model.eval()
@@ -89,6 +147,7 @@ def predict_images(
             results.append(
                 {
                     "image": str(images[start + offset]),
+                    "bbox": list(chosen[start + offset]) if chosen[start + offset] else None,
                     "top_k": [
                         {"class": run.class_names[c], "probability": prob}
                         for prob, c in zip(p, i, strict=True)
