@@ -20,7 +20,7 @@ import os
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ import numpy as np
 import polars as pl
 from tqdm import tqdm
 
+from bionas import __version__
 from bionas.ingest.config import IngestConfig
 from bionas.ingest.images import ImageReject, ImageSpec, process_image
 from bionas.ingest.plan import REJECT_SCHEMA, Plan
@@ -52,7 +53,7 @@ class ShardTask:
     index: int
     path: Path
     frame_rows: np.ndarray  # the shard's rows in the plan's frame, in sample order
-    keys_sha256: str  # of the shard's processids in order: resume keeps a shard only if equal
+    recipe_sha256: str  # what decides its bytes (`recipe_sha256`): resume keeps it only if equal
     images_root: Path
     image_path: str  # the profile's path template ...
     path_parts: tuple[str, ...]  # ... and the rows' column for each of its fields
@@ -69,8 +70,35 @@ class ShardTask:
 FetchRows = Callable[[np.ndarray], pl.DataFrame]  # frame rows -> their metadata
 
 
-def keys_sha256(keys: pl.Series) -> str:
-    return hashlib.sha256("\n".join(keys.to_list()).encode()).hexdigest()
+def run_fingerprint(cfg: IngestConfig, profile: DatasetProfile, inputs: dict) -> str:
+    """Everything besides its processids that decides a shard's bytes, as canonical JSON.
+
+    The input tables by sha256 (a label fixed in the CSV changes records), the image
+    options, the record's fields, the compression and the bionas version. Not the images'
+    contents (5M files are not hashed for this): replaced photos need a fresh --out.
+    """
+    body = {
+        "bionas": __version__,
+        "inputs": {name: entry["sha256"] for name, entry in inputs.items() if "sha256" in entry},
+        "spec": asdict(image_spec(cfg)),
+        "compression": cfg.compression,
+        "image_path": profile.image_path,
+        "categorical": list(profile.categorical),
+        "numeric": list(profile.numeric),
+        "with_barcode": cfg.with_barcode,
+    }
+    return json.dumps(body, sort_keys=True)
+
+
+def recipe_sha256(keys: pl.Series, fingerprint: str) -> str:
+    """The sha256 of the run's fingerprint and the shard's processids in order."""
+    digest = hashlib.sha256(fingerprint.encode())
+    digest.update(b"\0" + "\n".join(keys.to_list()).encode())
+    return digest.hexdigest()
+
+
+def image_spec(cfg: IngestConfig) -> ImageSpec:
+    return ImageSpec(size=cfg.size, quality=cfg.quality, crop_margin=cfg.crop_margin)
 
 
 @dataclass(frozen=True)
@@ -78,7 +106,7 @@ class ShardResult:
     split: str
     index: int
     info: ShardInfo
-    keys_sha256: str
+    recipe_sha256: str
     rejects: list[dict]
 
     def to_json(self) -> dict:
@@ -86,7 +114,7 @@ class ShardResult:
             "split": self.split,
             "index": self.index,
             "info": self.info.to_json(),
-            "keys_sha256": self.keys_sha256,
+            "recipe_sha256": self.recipe_sha256,
             "rejects": self.rejects,
         }
 
@@ -96,7 +124,7 @@ class ShardResult:
             body["split"],
             body["index"],
             ShardInfo(**body["info"]),
-            body["keys_sha256"],
+            body["recipe_sha256"],
             body["rejects"],
         )
 
@@ -145,7 +173,7 @@ def write_task(task: ShardTask, rows: pl.DataFrame) -> ShardResult:
             with _progress.get_lock():
                 _progress.value += 1
     info = write_shard(task.path, samples, task.compression)
-    return ShardResult(task.split, task.index, info, task.keys_sha256, rejects)
+    return ShardResult(task.split, task.index, info, task.recipe_sha256, rejects)
 
 
 def _reject(key: str, split: str, reason: str, detail: str) -> dict:
@@ -170,7 +198,7 @@ def kept_result(out: Path, task: ShardTask) -> ShardResult | None:
         result = ShardResult.from_json(json.loads(path.read_text()))
     except (ValueError, KeyError, TypeError):
         return None
-    if result.keys_sha256 != task.keys_sha256 or result.info.bytes != task.path.stat().st_size:
+    if result.recipe_sha256 != task.recipe_sha256 or result.info.bytes != task.path.stat().st_size:
         return None
     return result if file_sha256(task.path) == result.info.sha256 else None
 
@@ -272,17 +300,21 @@ def _run_pool(todo: list[ShardTask], fetch: FetchRows, finish, advance, workers:
 
 
 def build_tasks(
-    plan: Plan, cfg: IngestConfig, profile: DatasetProfile, shard_dir: Path
+    plan: Plan, cfg: IngestConfig, profile: DatasetProfile, shard_dir: Path, inputs: dict
 ) -> list[ShardTask]:
-    """One task per shard of the plan, in split then index order."""
-    spec = ImageSpec(size=cfg.size, quality=cfg.quality, crop_margin=cfg.crop_margin)
+    """One task per shard of the plan, in split then index order.
+
+    `inputs`: the input tables' entries (`record.input_entries`), for the fingerprint.
+    """
+    spec = image_spec(cfg)
+    fingerprint = run_fingerprint(cfg, profile, inputs)
     return [
         ShardTask(
             split=group.split,
             index=group.index,
             path=shard_dir / group.split / shard_name(group.split, group.index, cfg.compression),
             frame_rows=group.frame_rows,
-            keys_sha256=keys_sha256(group.keys),
+            recipe_sha256=recipe_sha256(group.keys, fingerprint),
             images_root=cfg.images,
             image_path=profile.image_path,
             path_parts=path_parts(profile),

@@ -18,6 +18,7 @@ from bionas.ingest.profiles import resolve_profile
 from bionas.ingest.record import (
     build_vocabularies,
     class_counts,
+    input_entries,
     landed_samples,
     manifest_body,
 )
@@ -58,7 +59,8 @@ def run_ingest(cfg: IngestConfig, progress: bool = True) -> IngestSummary:
     check_image_root(cfg.images, sampled_paths(plan, profile))
     cfg.out.mkdir(parents=True, exist_ok=True)
     shard_dir = cfg.out / SHARD_DIR
-    tasks = build_tasks(plan, cfg, profile, shard_dir)
+    inputs = input_entries(cfg)  # hashed once: the manifest and resume both use it
+    tasks = build_tasks(plan, cfg, profile, shard_dir, inputs)
     remove_stale_shards(shard_dir, {t.path for t in tasks})
     run = execute(
         tasks, plan.rows, cfg.out, cfg.worker_count, progress, cfg.executor, cfg.ray_address
@@ -76,7 +78,7 @@ def run_ingest(cfg: IngestConfig, progress: bool = True) -> IngestSummary:
         write_vocab(vocab, cfg.out / VOCAB_DIR)
     counts = class_counts(plan.frame, landed, vocabs[cfg.target])
     extra = {"excluded_by_split": plan.excluded, "clipped_bboxes": plan.clipped_bboxes}
-    body = manifest_body(cfg, profile, run.results, vocabs, counts, rejects, extra)
+    body = manifest_body(cfg, profile, run.results, vocabs, counts, rejects, inputs, extra)
     write_manifest(cfg.out, body)
     return IngestSummary(
         out=cfg.out,

@@ -76,6 +76,15 @@ def input_entry(path: Path) -> dict:
     return {"path": str(path), "bytes": path.stat().st_size, "sha256": file_sha256(path)}
 
 
+def input_entries(cfg: IngestConfig) -> dict:
+    """The manifest's `inputs`: each table with its size and sha256, and the image root."""
+    inputs = {"metadata": input_entry(cfg.metadata)}
+    if cfg.bbox:
+        inputs["bbox"] = input_entry(cfg.bbox)
+    inputs["images"] = {"path": str(cfg.images)}
+    return inputs
+
+
 def library_versions() -> dict[str, str]:
     versions = {"python": platform.python_version(), "bionas": __version__}
     for name in VERSIONED:
@@ -108,12 +117,9 @@ def manifest_body(
     vocabs: dict[str, Vocab],
     counts: dict[str, dict[str, int]],
     rejects: pl.DataFrame,
+    inputs: dict,
     extra: dict,
 ) -> dict:
-    inputs = {"metadata": input_entry(cfg.metadata)}
-    if cfg.bbox:
-        inputs["bbox"] = input_entry(cfg.bbox)
-    inputs["images"] = {"path": str(cfg.images)}
     return {
         "bionas_version": __version__,
         "vocab_version": 1,

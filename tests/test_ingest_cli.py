@@ -119,6 +119,30 @@ def test_shards_are_byte_identical_whatever_the_worker_count_and_across_reruns(
     assert shard_files(one) == shard_files(dataset)
 
 
+def test_a_rerun_keeps_shards_only_when_nothing_that_decides_them_changed(synth, tmp_path):
+    out = tmp_path / "ds"
+    base = ["--min-class-count", 20, "--shard-size", 100, "--workers", 1, "--limit", 200]
+    ingest(synth, out, *base, "--size", 32)
+    shards = len(shard_files(out))
+    assert f"kept {shards} shards" in ingest(synth, out, *base, "--size", 32).stdout
+    # another output size: every shard is redone (it was kept before, with 32-px images)
+    assert "kept" not in ingest(synth, out, *base, "--size", 48).stdout
+    assert {min(image.size) for image, _ in _images_and_records(out)} == {48}
+    # a label fixed in the metadata changes records: nothing is kept either
+    edited = tmp_path / "metadata.csv"
+    table = pl.read_csv(synth / "metadata.csv", infer_schema=False)
+    table.with_columns(pl.col("country").replace("Canada", "Kanada")).write_csv(edited)
+    result = run_cli("ingest", edited, "--images", synth / "images" / "original_full",
+                     "--bbox", synth / "bbox.tsv", "--out", out, "--quiet", *base, "--size", 48)  # fmt: skip
+    assert "kept" not in result.stdout
+    assert "Kanada" in {record.get("country") for _, record in _images_and_records(out)}
+
+
+def _images_and_records(dataset):
+    urls = [str(p) for p in sorted((dataset / "shards").glob("*/*.tar"))]
+    return wds.WebDataset(urls, shardshuffle=False).decode("pil").to_tuple("jpg", "json")
+
+
 def test_samples_are_shuffled_across_and_within_shards(dataset):
     names = sorted((dataset / "shards" / "train").glob("*.tar"))
     assert len(names) >= 3
