@@ -75,7 +75,8 @@ def run_fingerprint(cfg: IngestConfig, profile: DatasetProfile, inputs: dict) ->
 
     The input tables by sha256 (a label fixed in the CSV changes records), the image
     options, the record's fields, the compression and the bionas version. Not the images'
-    contents (5M files are not hashed for this): replaced photos need a fresh --out.
+    contents nor their root (5M files are not hashed for this, and a moved root keeps
+    them valid): replaced photos or another image package need a fresh --out.
     """
     body = {
         "bionas": __version__,
