@@ -14,6 +14,7 @@ from PIL import Image, ImageOps
 from bionas.cli import main
 from bionas.ingest.profiles import BBOX_COLUMNS, BIOSCAN_5M_COLUMNS
 from bionas.ingest.synth import REJECT_KINDS, VARIANT_KINDS
+from bionas.ingest.synth_bioscan_tree import ORDERS
 
 OFFICIAL_COLUMNS = [
     "processid", "sampleid", "taxon", "phylum", "class", "order", "family", "subfamily",
@@ -208,11 +209,28 @@ def test_no_images_writes_only_the_tables(tmp_path):
 
 def test_orders_are_long_tailed_with_arachnids_and_springtails(large):
     counts = dict(large.group_by("order").len().drop_nulls("order").iter_rows())
-    assert 0.4 < counts["Diptera"] / large.height < 0.6
+    assert 0.65 < counts["Diptera"] / large.height < 0.77  # 71.6% of labelled rows
     assert sum(1 for n in counts.values() if n < 20) >= 5  # below any --min-class-count
     assert {"Insecta", "Arachnida", "Collembola"} <= set(large["class"].drop_nulls())
     assert set(large["phylum"]) == {"Arthropoda"}
     assert large["order"].null_count() >= 1
+
+
+def test_order_table_fits_the_papers_figures_at_full_size():
+    """Expected labelled records per order at n = 5,150,850 (no sampling: the table itself)."""
+    total = sum(c for *_, c in ORDERS)
+    records = {o: c * 5_150_850 * 0.997 / total for o, _, c in ORDERS}  # 99.7% have an order
+    assert len(records) == len(ORDERS) == 55 and len({c for _, c, _ in ORDERS}) == 10  # SPEC 3
+    kept = sorted((n for n in records.values() if n >= 500), reverse=True)
+    folded = [n for n in records.values() if n < 500]
+    assert len(kept) == 21  # the paper's 21 classes besides Other
+    assert kept[-1] > 800 and max(folded) < 300  # far from 500: sampling cannot move an order
+    assert abs(records["Diptera"] - 3_675_700) < 2_000  # 2,573,047 train / 0.7
+    assert abs(records["Hymenoptera"] - 574_045) < 1_000  # 114,809 val / 0.2
+    assert 4_000 < records["Mesostigmata"] < 5_500  # 937 val / 0.2
+    assert records["Mesostigmata"] <= kept[-6]  # "among the least represented" kept orders
+    assert 200 < records["Anomopoda"] < 270  # 164 train / 0.7
+    assert sum(n < 10 for n in records.values()) >= 5 and min(records.values()) >= 5
 
 
 def test_deep_ranks_are_sparse_as_in_the_release(large):
@@ -269,6 +287,7 @@ def test_rows_written_in_several_chunks_stay_unique(tmp_path, monkeypatch):
     synth(tmp_path, "--n", 350, "--corrupt", 1, "--no-images")
     metadata = read_csv(tmp_path)
     assert metadata.height == 351 and metadata["processid"].n_unique() == 350
-    index = metadata["index_bioscan_1M_insect"].drop_nulls()
+    specimens = metadata.unique("processid", keep="first")  # the planted duplicate is a copy
+    index = specimens["index_bioscan_1M_insect"].drop_nulls()
     assert index.n_unique() == index.len() > 0
     assert read_bbox(tmp_path)["processid"].n_unique() == 349  # one row has no bbox on purpose

@@ -40,8 +40,8 @@ def command(
 
     --profile bioscan-5m (default): metadata.csv (the official 23 columns), bbox.tsv and
     images/original_full/<split>/[<chunk>/]<processid>.jpg (1024x768 JPEGs of specimens
-    whose look depends on their order), with long-tailed orders, sparse deep ranks and
-    dna_bin clusters. corruptions.json lists the planted bad inputs (--corrupt), the rows
+    whose look depends on their order), with long-tailed orders (at --n 5150850: 55, 21 with
+    >= 500 records, Diptera 71%), sparse deep ranks and dna_bin clusters. corruptions.json lists the planted bad inputs (--corrupt), the rows
     whose order is naturally empty, and real-world variants ingest must accept (PNG
     behind .jpg, grayscale, CMYK, EXIF-rotated, a bbox partly outside the image, a row
     without bbox).
