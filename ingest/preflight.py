@@ -9,6 +9,8 @@ images, the `--images` to use. Some missing files are normal: they become reject
 
 from __future__ import annotations
 
+import os
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,7 @@ from bionas.ingest.scan import path_expression, path_parts
 
 SAMPLED = 200
 _NEIGHBOURS = 64  # subfolders of the root tried as the root that was meant
+_LISTED = 4096  # entries of a folder looked at for them
 
 
 def sampled_paths(plan: Plan, profile: DatasetProfile, count: int = SAMPLED) -> list[str]:
@@ -50,18 +53,21 @@ def check_image_root(root: Path, paths: list[str]) -> None:
 def _root_meant(root: Path, paths: list[str]) -> Path | None:
     """A folder near `root` (its parent or a subfolder, two levels down) holding the images."""
     candidates = [root.parent] if root.parent != root else []
-    try:
-        children = sorted(p for p in root.iterdir() if p.is_dir())[:_NEIGHBOURS]
-    except OSError:
-        children = []
-    for child in children:
-        candidates.append(child)
-        try:
-            candidates.extend(sorted(p for p in child.iterdir() if p.is_dir())[:_NEIGHBOURS])
-        except OSError:
-            continue
-    probe = paths[: min(len(paths), 20)]
+    for child in _subfolders(root):
+        candidates += [child, *_subfolders(child)]
+    probe = paths[:20]
     for candidate in candidates:
         if any((candidate / p).is_file() for p in probe):
             return candidate
     return None
+
+
+def _subfolders(path: Path) -> list[Path]:
+    """Up to _NEIGHBOURS subfolders, sorted, from the folder's first _LISTED entries: a
+    wrong root may be a flat folder of millions of photos (scandir: no stat per entry)."""
+    try:
+        with os.scandir(path) as entries:
+            listed = list(islice(entries, _LISTED))
+    except OSError:
+        return []
+    return sorted(Path(e.path) for e in listed if e.is_dir())[:_NEIGHBOURS]
