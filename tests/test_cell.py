@@ -107,6 +107,21 @@ def test_fixed_cell_with_a_cut_edge_adds_nothing_from_it(reduction):
 
 def test_fixed_cell_uses_the_supernets_module_names():
     fixed = FixedCell(C, cell_genotype(("se", "max_pool_3x3", "conv_1x1"), True))
-    search_keys = set(SearchCell(C, True).state_dict())
-    assert set(fixed.state_dict()) <= search_keys
+    assert set(fixed.state_dict()) <= set(SearchCell(C, True, affine=True).state_dict())
     assert any(k.startswith("e1.ops.se.") for k in fixed.state_dict())
+    # searching without BN affine (the default): the fixed cell's extra keys are exactly the
+    # γ/β of the BatchNorms inside its ops (e1's SE reduce, e2b's 1x1 conv)
+    extra = set(fixed.state_dict()) - set(SearchCell(C, True).state_dict())
+    assert extra == {
+        "e1.ops.se.reduce.bn.weight", "e1.ops.se.reduce.bn.bias",
+        "e2b.ops.conv_1x1.1.weight", "e2b.ops.conv_1x1.1.bias",
+    }  # fmt: skip
+
+
+def test_searching_cell_ops_have_batchnorm_without_affine_and_the_output_conv_keeps_it():
+    cell = SearchCell(C, False)
+    op_bns = [m for m in cell.e1.ops.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert op_bns and all(m.weight is None and m.bias is None for m in op_bns)
+    assert cell.out[1].weight is not None  # 1x1 output conv's BN: not weighted by α
+    fixed = FixedCell(C, cell_genotype(("dw_sep_3x3", "skip", "conv_1x1"), False))
+    assert fixed.e1.ops["dw_sep_3x3"][2].weight is not None

@@ -150,3 +150,54 @@ def test_a_uniform_search_is_all_near_ties_and_a_one_hot_genotype_none():
 def test_malformed_genotype_text_raises_value_error(text):
     with pytest.raises(ValueError):
         Genotype.from_json(text)
+
+
+def test_zero_winning_e1_is_restored_with_the_best_nonzero_op_so_z1_keeps_a_path():
+    rows = alphas_for([("zero", "skip", "se")])
+    rows["cell0.e1"] = [0.05] * K
+    rows["cell0.e1"][OP_NAMES.index("zero")] = 0.4
+    rows["cell0.e1"][OP_NAMES.index("dil_conv_5x5")] = 0.2  # best after zero
+    cell = derive(rows, [False]).cells[0]
+    e1 = cell.edges[0]
+    assert (e1.op, e1.restored, e1.cut) == ("dil_conv_5x5", True, False)
+    assert [e.restored for e in cell.edges[1:]] == [False, False]
+    assert cell.unreachable_nodes() == []
+
+
+def test_zero_winning_both_edges_into_z2_restores_the_one_with_the_stronger_nonzero_op():
+    rows = alphas_for([("skip", "zero", "zero")])
+    rows["cell0.e2b"] = [0.5 if n == "zero" else 0.02 for n in OP_NAMES]
+    rows["cell0.e2b"][OP_NAMES.index("max_pool_3x3")] = 0.3  # beats e2a's runner-up (0.056)
+    genotype = derive(rows, [True])
+    cell = genotype.cells[0]
+    assert [(e.op, e.restored) for e in cell.edges] == [
+        ("skip", False), ("zero", False), ("max_pool_3x3", True),
+    ]  # fmt: skip
+    assert genotype.restored == ["cell0.e2b"] and genotype.near_ties == []
+    text = render(genotype)
+    assert "z1 -> z2: max_pool_3x3 [Pm]" in text and "RESTORED" in text
+    assert "1 edge(s) restored" in text
+    assert Genotype.from_json(genotype.to_json()) == genotype  # `restored` round-trips
+
+
+def test_a_single_cut_edge_into_z2_stays_cut():
+    genotype = derive(alphas_for([("se", "zero", "dw_sep_5x5"), ("skip", "conv_1x1", "zero")]),
+                      [False, True])  # fmt: skip
+    assert [e.cut for c in genotype.cells for e in c.edges] == [False, True, False] + [
+        False, False, True,
+    ]  # fmt: skip
+    assert genotype.restored == []
+
+
+@pytest.mark.parametrize(
+    ("ops", "dead"),
+    [(("zero", "skip", "se"), "z1"), (("skip", "zero", "zero"), "z2"),
+     (("zero", "zero", "se"), "z1, z2")],
+)  # fmt: skip
+def test_a_hand_written_genotype_with_a_node_cut_from_the_input_is_refused(ops, dead, tmp_path):
+    edges = {e: {"op": op} for e, op in zip(("e1", "e2a", "e2b"), ops, strict=True)}
+    path = tmp_path / "dead.json"
+    cells = [{"index": 0, "reduction": False, "edges": edges}]
+    path.write_text(json.dumps({"format": "bionas.genotype/1", "cells": cells}))
+    with pytest.raises(ValueError, match=rf"dead\.json: cell 0: node\(s\) {dead} cut"):
+        Genotype.load(path)

@@ -113,7 +113,7 @@ def test_near_one_hot_supernet_equals_the_fixed_network_of_its_genotype():
         for c in range(3)
         for r in range(3)
     }
-    chosen[(1, 0)] = ZERO  # at least one cut edge, in a reduction cell
+    chosen[(1, 1)] = ZERO  # at least one cut edge (x -> z2, z2 fed by z1), in a reduction cell
     set_theta(model, chosen, boost=30.0)
     genotype = model.genotype()
     assert [e.op for cell in genotype.cells for e in cell.edges] == list(chosen.values())

@@ -34,18 +34,21 @@ def edge_strides(reduction: bool) -> dict[str, int]:
 class MixedOp(nn.Module):
     """One edge of the supernet: Σ_k α_k o_k(x) over the non-zero ops (eq. 7).
 
-    The zero op is never computed; only its logit counts, through the softmax.
+    The zero op is never computed; only its logit counts, through the softmax. The ops'
+    BatchNorm has no learnable affine by default (DARTS): with a learnable γ, an op could
+    scale its own output up as its α shrinks, and α would stop measuring the op's worth.
     """
 
-    def __init__(self, C: int, stride: int, *, dilated: str = "full") -> None:
+    def __init__(self, C: int, stride: int, *, dilated: str = "full", affine: bool = False) -> None:
         super().__init__()
         self.ops = nn.ModuleDict(
-            {n: PRIMITIVES[n](C, stride, dilated=dilated) for n in NONZERO_OPS}
+            {n: PRIMITIVES[n](C, stride, dilated=dilated, affine=affine) for n in NONZERO_OPS}
         )
         self.zero = Zero(stride)
 
     def forward(self, x: Tensor, alpha_row: Tensor, active: Sequence[bool]) -> Tensor:
-        """alpha_row: α in `OP_NAMES` order (fp32); active: host-side prune mask, same order.
+        """alpha_row: α in `OP_NAMES` order (fp32); active: the prune mask, same order, on the
+        host (the model refreshes it only when θ changes, never in the forward pass).
 
         Accumulates op by op in the activation dtype, `out += α_k o_k` as one fused
         multiply-add per op, with α cast once per edge. Stacking the outputs costs a
@@ -77,14 +80,16 @@ def activation_dtype(x: Tensor) -> torch.dtype:
 class SearchCell(nn.Module):
     """The searchable cell; `C` is the input width, output width is `C_out`."""
 
-    def __init__(self, C: int, reduction: bool, *, dilated: str = "full") -> None:
+    def __init__(
+        self, C: int, reduction: bool, *, dilated: str = "full", affine: bool = False
+    ) -> None:
         super().__init__()
         self.reduction = reduction
         self.C_out = 2 * C if reduction else C
         strides = edge_strides(reduction)
-        self.e1 = MixedOp(C, strides["e1"], dilated=dilated)
-        self.e2a = MixedOp(C, strides["e2a"], dilated=dilated)
-        self.e2b = MixedOp(C, strides["e2b"], dilated=dilated)
+        self.e1 = MixedOp(C, strides["e1"], dilated=dilated, affine=affine)
+        self.e2a = MixedOp(C, strides["e2a"], dilated=dilated, affine=affine)
+        self.e2b = MixedOp(C, strides["e2b"], dilated=dilated, affine=affine)
         self.out = output_conv(C, self.C_out)
 
     def forward(self, x: Tensor, alphas: Tensor, active: Sequence[Sequence[bool]]) -> Tensor:

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from bionas.errors import BionasError
-from bionas.trainer.config import TrainConfig
+from bionas.trainer.config import LEGACY_DEFAULTS, TrainConfig
 from bionas.trainer.data import StreamPosition
 from bionas.trainer.distributed import fingerprint
 from bionas.trainer.run import CHECKPOINT
@@ -240,7 +240,7 @@ def load_for_resume(
             f"{saved} process(es) (torchrun --nproc-per-node ...), or from a checkpoint "
             "written at the end of an epoch."
         )
-    changed = config.differences(TrainConfig.from_dict(payload["config"]))
+    changed = config.differences(TrainConfig.from_stored(payload["config"]))
     if changed:
         listed = ", ".join(f"{k}={new!r} (was {old!r})" for k, (new, old) in changed.items())
         raise BionasError(
@@ -257,4 +257,4 @@ def load_for_resume(
 
 def stored_config(run_dir: Path) -> dict[str, Any]:
     """The options a run was checkpointed with (what `--resume` continues with)."""
-    return dict(load_checkpoint(Path(run_dir) / CHECKPOINT)["config"])
+    return {**LEGACY_DEFAULTS, **load_checkpoint(Path(run_dir) / CHECKPOINT)["config"]}

@@ -23,6 +23,10 @@ AMP_DTYPES = ("fp16", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 DILATED = ("full", "separable")
 
+# What a run stored before an option existed ran with (bionas 0.1: torch's Adam betas,
+# affine BN in the supernet's ops).
+LEGACY_DEFAULTS: dict[str, Any] = {"theta_betas": [0.9, 0.999], "search_bn_affine": True}
+
 # Options that may change when a run is resumed; any other difference is refused, since
 # the continued run would no longer be the run that was checkpointed.
 RESUMABLE_OVERRIDES = frozenset(
@@ -75,6 +79,8 @@ class TrainConfig:
     lr_theta: float = 3e-4  # Adam on θ
     weight_decay_theta: float = 1e-3
     theta_optimizer: str = "adam"  # "adamw": decoupled weight decay on θ
+    theta_betas: tuple[float, float] = (0.5, 0.999)  # DARTS' (paper silent); torch's 0.9 before
+    search_bn_affine: bool = False  # learnable BN affine in the supernet's ops (DARTS: no)
     grad_clip: float = 1.0
     label_smoothing: float = 0.1
     warmup_epochs: int = 0  # epochs of weight-only steps before the search starts
@@ -92,6 +98,7 @@ class TrainConfig:
                 object.__setattr__(self, name, Path(value))
         if self.meta_fields is not None:
             object.__setattr__(self, "meta_fields", tuple(self.meta_fields))
+        object.__setattr__(self, "theta_betas", tuple(float(b) for b in self.theta_betas))
         _validate(self)
 
     def to_dict(self) -> dict[str, Any]:
@@ -108,6 +115,11 @@ class TrainConfig:
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+    @classmethod
+    def from_stored(cls, data: dict[str, Any]) -> TrainConfig:
+        """A config stored in a checkpoint; options it predates take the value they had."""
+        return cls.from_dict({**LEGACY_DEFAULTS, **data})
 
     def differences(self, other: TrainConfig) -> dict[str, tuple[Any, Any]]:
         """Options that differ, except those a resumed run may change."""
@@ -149,6 +161,10 @@ def _validate(c: TrainConfig) -> None:
     )
     _check(0.0 <= c.label_smoothing < 1.0, "--label-smoothing must be in [0, 1)")
     _check(c.grad_clip > 0, f"--grad-clip must be > 0, got {c.grad_clip}")
+    _check(
+        len(c.theta_betas) == 2 and all(0.0 <= b < 1.0 for b in c.theta_betas),
+        f"--theta-betas must be two numbers in [0, 1), got {c.theta_betas}",
+    )
     _check(c.prune_threshold >= 0, "--prune-threshold must be >= 0")
     for name, choices in (
         ("theta_optimizer", THETA_OPTIMIZERS),

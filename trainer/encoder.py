@@ -51,6 +51,7 @@ class ImageEncoder(nn.Module):
         *,
         dilated: str = "full",
         genotype: Genotype | None = None,
+        search_bn_affine: bool = False,
     ) -> None:
         super().__init__()
         self.searchable = genotype is None
@@ -61,7 +62,7 @@ class ImageEncoder(nn.Module):
         C = channels
         for i, reduction in enumerate(flags):
             if genotype is None:
-                cell: nn.Module = SearchCell(C, reduction, dilated=dilated)
+                cell: nn.Module = SearchCell(C, reduction, dilated=dilated, affine=search_bn_affine)
             else:
                 cell = FixedCell(C, genotype.cells[i], dilated=dilated)
             self.cells.append(cell)

@@ -2,6 +2,12 @@
 
 A `Genotype` round-trips JSON, so a searched (or hand-written) architecture can be saved,
 inspected, and rebuilt as a fixed network by `BioAutoMLNAS` (`ModelConfig.genotype`).
+
+A derived cell is never dead: where the zero op wins an edge that a node needs to be
+reachable from the cell's input x (e1 for z1; e2a or e2b for z2), `derive` keeps that
+edge's best non-zero op instead and marks the edge `restored`. Otherwise a short search
+whose zero op drifts ahead could emit a cell whose output ignores its input. A loaded
+genotype with an unreachable node is refused.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ class EdgeChoice:
     edge: str
     op: str
     alphas: tuple[float, ...]
+    restored: bool = False  # zero won, but the edge keeps its best non-zero op (see above)
 
     @property
     def cut(self) -> bool:
@@ -48,8 +55,9 @@ class EdgeChoice:
 
     @property
     def near_tie(self) -> bool:
-        """The kept op's α is within NEAR_TIE of the runner-up's (a one-hot row never is)."""
-        return self.alpha < NEAR_TIE * self.runner_up[1]
+        """The kept op's α is within NEAR_TIE of the runner-up's (a one-hot row never is);
+        a restored edge is reported as restored instead."""
+        return not self.restored and self.alpha < NEAR_TIE * self.runner_up[1]
 
 
 @dataclass(frozen=True)
@@ -62,6 +70,13 @@ class CellGenotype:
 
     def op(self, edge: str) -> str:
         return self.edges[EDGE_NAMES.index(edge)].op
+
+    def unreachable_nodes(self) -> list[str]:
+        """Nodes with no path from x: z1 when e1 is zero; z2 when neither e2a nor
+        (e2b from a reachable z1) carries anything."""
+        z1 = self.op("e1") != ZERO
+        z2 = self.op("e2a") != ZERO or (z1 and self.op("e2b") != ZERO)
+        return [node for node, alive in (("z1", z1), ("z2", z2)) if not alive]
 
 
 @dataclass(frozen=True)
@@ -79,15 +94,17 @@ class Genotype:
         """The edges the search has not decided (`EdgeChoice.near_tie`), as `cellI.EDGE`."""
         return [edge_key(c.index, e.edge) for c in self.cells for e in c.edges if e.near_tie]
 
+    @property
+    def restored(self) -> list[str]:
+        """The edges `derive` restored (zero won there), as `cellI.EDGE`."""
+        return [edge_key(c.index, e.edge) for c in self.cells for e in c.edges if e.restored]
+
     def to_json(self) -> str:
         cells = [
             {
                 "index": c.index,
                 "reduction": c.reduction,
-                "edges": {
-                    e.edge: {"op": e.op, "alphas": dict(zip(OP_NAMES, e.alphas, strict=True))}
-                    for e in c.edges
-                },
+                "edges": {e.edge: _edge_to_dict(e) for e in c.edges},
             }
             for c in self.cells
         ]
@@ -105,6 +122,14 @@ class Genotype:
             raise ValueError(f"malformed genotype cell: {err!r}") from err
         if not cells:
             raise ValueError("genotype has no cells")
+        for cell in cells:
+            dead = cell.unreachable_nodes()
+            if dead:
+                raise ValueError(
+                    f"cell {cell.index}: node(s) {', '.join(dead)} cut from the cell's input "
+                    "(zero on e1 cuts z1; zero on e2a, and on e2b or e1, cuts z2): give one "
+                    "of those edges a non-zero op"
+                )
         return cls(cells=cells)
 
     def save(self, path: str | Path) -> None:
@@ -132,8 +157,16 @@ def _cell_from_dict(position: int, cell: dict) -> CellGenotype:
             raise ValueError(f"cell {index} edge {name}: unknown op {op!r}; known: {OP_NAMES}")
         given = edges_in[name].get("alphas", {})
         alphas = tuple(float(given.get(k, 1.0 if k == op else 0.0)) for k in OP_NAMES)
-        edges.append(EdgeChoice(edge=name, op=op, alphas=alphas))
+        restored = bool(edges_in[name].get("restored", False))
+        edges.append(EdgeChoice(edge=name, op=op, alphas=alphas, restored=restored))
     return CellGenotype(index=index, reduction=bool(cell["reduction"]), edges=tuple(edges))
+
+
+def _edge_to_dict(e: EdgeChoice) -> dict:
+    body: dict = {"op": e.op, "alphas": dict(zip(OP_NAMES, e.alphas, strict=True))}
+    if e.restored:
+        body["restored"] = True
+    return body
 
 
 def edge_key(cell: int, edge: str) -> str:
@@ -142,7 +175,8 @@ def edge_key(cell: int, edge: str) -> str:
 
 
 def derive(alphas: Mapping[str, Sequence[float]], reduction_flags: Sequence[bool]) -> Genotype:
-    """Argmax over all ten ops (zero included) per edge; a zero win marks the edge cut.
+    """Argmax over all ten ops (zero included) per edge; a zero win marks the edge cut,
+    unless the cut would leave a node unreachable from x (then the edge is restored).
 
     `alphas` maps `cellI.EDGE` to the α row in `OP_NAMES` order (tensors work too);
     ties go to the op listed first.
@@ -156,10 +190,35 @@ def derive(alphas: Mapping[str, Sequence[float]], reduction_flags: Sequence[bool
                 raise ValueError(
                     f"{edge_key(i, name)}: {len(row)} alphas, expected {len(OP_NAMES)}"
                 )
-            best = max(range(len(row)), key=lambda k, row=row: (row[k], -k))
-            edges.append(EdgeChoice(edge=name, op=OP_NAMES[best], alphas=row))
-        cells.append(CellGenotype(index=i, reduction=bool(reduction), edges=tuple(edges)))
+            edges.append(EdgeChoice(edge=name, op=OP_NAMES[_argmax(row)], alphas=row))
+        cell = CellGenotype(index=i, reduction=bool(reduction), edges=tuple(edges))
+        cells.append(restore_paths(cell))
     return Genotype(cells=tuple(cells))
+
+
+def _argmax(row: Sequence[float], skip: str | None = None) -> int:
+    """Index of the largest α (ties to the first op), leaving out op `skip`."""
+    ks = [k for k in range(len(row)) if OP_NAMES[k] != skip]
+    return max(ks, key=lambda k: (row[k], -k))
+
+
+def restore_paths(cell: CellGenotype) -> CellGenotype:
+    """Restore the fewest cut edges that make z1 and z2 reachable from x: e1 if cut, then,
+    if both edges into z2 are cut, the one whose best non-zero op has the larger α."""
+    edges = {e.edge: e for e in cell.edges}
+
+    def restore(name: str) -> None:
+        e = edges[name]
+        edges[name] = EdgeChoice(name, OP_NAMES[_argmax(e.alphas, skip=ZERO)], e.alphas, True)
+
+    if edges["e1"].cut:
+        restore("e1")
+    if edges["e2a"].cut and edges["e2b"].cut:
+        best = {n: max(a for k, a in enumerate(edges[n].alphas) if OP_NAMES[k] != ZERO)
+                for n in ("e2a", "e2b")}  # fmt: skip
+        restore("e2a" if best["e2a"] >= best["e2b"] else "e2b")
+    kept = tuple(edges[name] for name in EDGE_NAMES)
+    return CellGenotype(index=cell.index, reduction=cell.reduction, edges=kept)
 
 
 def render(genotype: Genotype) -> str:
@@ -175,7 +234,16 @@ def render(genotype: Genotype) -> str:
             if e.cut:
                 what = f"edge cut (zero won, α={e.alpha:.3f}"
             tie = ", near tie" if e.near_tie else ""
+            if e.restored:
+                zero = e.alphas[OP_NAMES.index(ZERO)]
+                tie = f", RESTORED: zero won with α={zero:.3f} but would cut {dst} off from x"
             lines.append(f"  {src} -> {dst}: {what}; next {next_op} {next_alpha:.3f}{tie})")
+    if genotype.restored:
+        lines.append(
+            f"{len(genotype.restored)} edge(s) restored: the zero op won there, but cutting "
+            "them would leave a node with no path from its cell's input; each keeps its best "
+            "non-zero op."
+        )
     ties = genotype.near_ties
     if ties:
         edges = sum(len(c.edges) for c in genotype.cells)

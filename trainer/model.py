@@ -2,8 +2,11 @@
 
 The architecture logits θ are one registered fp32 parameter of shape [cells, 3, K]
 (rows e1, e2a, e2b; K = 10 ops including zero), so they are in the state_dict and DDP
-sees them. Each forward computes α = softmax(θ) in fp32 once for all edges and moves the
-prune mask (α >= threshold) to the host once: one device sync per step, not one per op.
+sees them. Each forward computes α = softmax(θ) in fp32 once for all edges. The prune mask
+(α >= threshold) decides on the host which ops run, so it is cached and recomputed only
+when θ has changed (θ's version counter moves on every in-place update: an optimiser
+step, `load_state_dict`, DDP's broadcast): one device sync per θ step, none on w steps,
+in evaluation or in prediction.
 """
 
 from __future__ import annotations
@@ -35,6 +38,9 @@ class ModelConfig:
     dilated: str = "full"  # or "separable"
     prune_threshold: float = 1e-6
     genotype: Genotype | None = None  # fixed network instead of the supernet
+    # learnable BN affine inside the supernet's candidate ops (DARTS: none); runs written
+    # before bionas 0.2 searched with it and load with True
+    search_bn_affine: bool = False
 
     def __post_init__(self) -> None:
         for name in ("num_classes", "channels", "cells", "embed_dim", "meta_embed_dim"):
@@ -59,7 +65,12 @@ class BioAutoMLNAS(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.image_encoder = ImageEncoder(
-            cfg.channels, cfg.cells, cfg.embed_dim, dilated=cfg.dilated, genotype=cfg.genotype
+            cfg.channels,
+            cfg.cells,
+            cfg.embed_dim,
+            dilated=cfg.dilated,
+            genotype=cfg.genotype,
+            search_bn_affine=cfg.search_bn_affine,
         )
         with_meta = bool(cfg.meta_cardinalities)
         self.metadata_encoder = (
@@ -75,6 +86,8 @@ class BioAutoMLNAS(nn.Module):
             self.theta = nn.Parameter(theta)
         else:
             self.register_parameter("theta", None)
+        self._mask_key: tuple[int, int, str] | None = None  # θ's (version, storage, device)
+        self._mask: list[list[list[bool]]] = []
 
     def forward(self, images: Tensor, meta: Tensor | None = None) -> Tensor:
         """images: [B, 3, H, W]; meta: LongTensor [B, F] (ignored when F = 0). -> logits."""
@@ -93,8 +106,22 @@ class BioAutoMLNAS(nn.Module):
         # fp32 outside autocast: 1e-6 is subnormal in fp16 and the mask would be wrong.
         with torch.autocast(device_type=self.theta.device.type, enabled=False):
             alphas = torch.softmax(self.theta.float(), dim=-1)  # eq. (6)
-        active = (alphas.detach() >= self.cfg.prune_threshold).cpu().tolist()  # one sync
-        return alphas, active
+        return alphas, self.prune_mask()
+
+    def prune_mask(self) -> list[list[list[bool]]]:
+        """[cells][edge][op]: False where α < threshold (the op is not computed).
+
+        Computed on θ's device and copied to the host only when θ changed since the last
+        call; a key of version counter, storage and device needs no sync to check.
+        """
+        theta = self.theta
+        key = (theta._version, theta.data_ptr(), str(theta.device))
+        if key != self._mask_key:
+            with torch.no_grad():
+                alphas = torch.softmax(theta.detach().float(), dim=-1)
+                self._mask = (alphas >= self.cfg.prune_threshold).cpu().tolist()  # one sync
+            self._mask_key = key
+        return self._mask
 
     def arch_parameters(self) -> list[nn.Parameter]:
         """θ (empty for a fixed genotype)."""
@@ -152,12 +179,24 @@ def build_model(cfg: ModelConfig) -> BioAutoMLNAS:
 
 def fixed_from_supernet(supernet: BioAutoMLNAS, genotype: Genotype | None = None) -> BioAutoMLNAS:
     """The fixed network of `genotype` (default: the supernet's argmax), with the chosen
-    ops', stem's, metadata encoder's and head's weights copied from the supernet."""
+    ops', stem's, metadata encoder's and head's weights copied from the supernet.
+
+    A supernet searched without BN affine has no γ/β in its ops; the fixed net's affine
+    BN keeps γ = 1, β = 0 there, which computes exactly what the supernet's op did."""
     fixed = build_model(replace(supernet.cfg, genotype=genotype or supernet.genotype()))
     source = supernet.state_dict()
     wanted = fixed.state_dict()
     missing = [k for k in wanted if k not in source]
-    if missing:
-        raise ValueError(f"supernet lacks weights for {missing[:5]}")
-    fixed.load_state_dict({k: source[k] for k in wanted})
+    unexplained = [k for k in missing if not _op_bn_affine(k, fixed)]
+    if unexplained:
+        raise ValueError(f"supernet lacks weights for {unexplained[:5]}")
+    fixed.load_state_dict({k: source[k] for k in wanted if k in source}, strict=False)
     return fixed
+
+
+def _op_bn_affine(key: str, model: nn.Module) -> bool:
+    """True for the γ/β of a BatchNorm inside a cell's candidate op (`...ops.<op>...`)."""
+    module_name, _, leaf = key.rpartition(".")
+    if leaf not in ("weight", "bias") or ".ops." not in module_name:
+        return False
+    return isinstance(model.get_submodule(module_name), nn.BatchNorm2d)

@@ -1,7 +1,10 @@
 """The ten primitive operations of the search space (paper Sec. III-A.1, eqs. 1-5).
 
-`PRIMITIVES` maps a name to a factory `(C, stride, *, dilated) -> nn.Module`; its order is
-the order of the architecture logits θ on every edge. Every op maps C channels to C
+`PRIMITIVES` maps a name to a factory `(C, stride, *, dilated, affine) -> nn.Module`; its
+order is the order of the architecture logits θ on every edge. `affine=False` builds the
+ops' BatchNorm without learnable scale and shift: the searching supernet's ops use it (as
+DARTS does; the paper is silent), so an op's α cannot trade off against its BN's γ; the
+fixed network of a genotype uses affine BN. Every op maps C channels to C
 channels; at stride 2 every op returns spatial size ceil(H/2) x ceil(W/2), for odd and
 even inputs alike, so the outputs of a mixed op can always be summed.
 """
@@ -18,32 +21,36 @@ DILATED_VARIANTS = ("full", "separable")
 SE_REDUCTION = 4  # r in eq. (4)
 
 
-def _conv_bn_relu(convs: list[nn.Module], C: int) -> nn.Sequential:
-    return nn.Sequential(*convs, nn.BatchNorm2d(C), nn.ReLU(inplace=False))
+def _conv_bn_relu(convs: list[nn.Module], C: int, affine: bool = True) -> nn.Sequential:
+    return nn.Sequential(*convs, nn.BatchNorm2d(C, affine=affine), nn.ReLU(inplace=False))
 
 
-def dw_separable(C: int, kernel: int, stride: int, dilation: int = 1) -> nn.Sequential:
+def dw_separable(
+    C: int, kernel: int, stride: int, dilation: int = 1, *, affine: bool = True
+) -> nn.Sequential:
     """Depthwise kxk (stride s) -> pointwise 1x1 -> BN -> ReLU (eq. 1)."""
     padding = (kernel // 2) * dilation
     depthwise = nn.Conv2d(C, C, kernel, stride, padding, dilation=dilation, groups=C, bias=False)
     pointwise = nn.Conv2d(C, C, 1, bias=False)
-    return _conv_bn_relu([depthwise, pointwise], C)
+    return _conv_bn_relu([depthwise, pointwise], C, affine)
 
 
-def dilated_conv(C: int, kernel: int, stride: int, *, dilated: str = "full") -> nn.Sequential:
+def dilated_conv(
+    C: int, kernel: int, stride: int, *, dilated: str = "full", affine: bool = True
+) -> nn.Sequential:
     """Conv kxk with dilation 2 -> BN -> ReLU (eq. 2); `dilated="separable"` is the cheap
     depthwise-separable variant (a full 5x5 costs ~18x a separable one at C=16)."""
     if dilated == "separable":
-        return dw_separable(C, kernel, stride, dilation=2)
+        return dw_separable(C, kernel, stride, dilation=2, affine=affine)
     if dilated != "full":
         raise ValueError(f"dilated must be one of {DILATED_VARIANTS}, got {dilated!r}")
     conv = nn.Conv2d(C, C, kernel, stride, padding=(kernel // 2) * 2, dilation=2, bias=False)
-    return _conv_bn_relu([conv], C)
+    return _conv_bn_relu([conv], C, affine)
 
 
-def conv_1x1(C: int, stride: int) -> nn.Sequential:
+def conv_1x1(C: int, stride: int, *, affine: bool = True) -> nn.Sequential:
     """1x1 conv with stride s -> BN -> ReLU (eq. 3); at stride 2 the size is ceil(H/2)."""
-    return _conv_bn_relu([nn.Conv2d(C, C, 1, stride, bias=False)], C)
+    return _conv_bn_relu([nn.Conv2d(C, C, 1, stride, bias=False)], C, affine)
 
 
 class FactorizedReduce(nn.Module):
@@ -55,11 +62,11 @@ class FactorizedReduce(nn.Module):
     halves at ceil(H/2) x ceil(W/2).
     """
 
-    def __init__(self, C: int) -> None:
+    def __init__(self, C: int, *, affine: bool = True) -> None:
         super().__init__()
         self.conv_a = nn.Conv2d(C, C // 2, 1, stride=2, bias=False)
         self.conv_b = nn.Conv2d(C, C - C // 2, 1, stride=2, bias=False)
-        self.bn = nn.BatchNorm2d(C)
+        self.bn = nn.BatchNorm2d(C, affine=affine)
 
     def forward(self, x: Tensor) -> Tensor:
         shifted = F.pad(x, (0, 1, 0, 1))[:, :, 1:, 1:]
@@ -73,10 +80,12 @@ class SqueezeExcitation(nn.Module):
     downsampling as the skip op), so SE stays "skip with channel gating" at both strides.
     """
 
-    def __init__(self, C: int, stride: int, reduction: int = SE_REDUCTION) -> None:
+    def __init__(
+        self, C: int, stride: int, reduction: int = SE_REDUCTION, *, affine: bool = True
+    ) -> None:
         super().__init__()
         hidden = max(C // reduction, 1)
-        self.reduce = FactorizedReduce(C) if stride == 2 else nn.Identity()
+        self.reduce = FactorizedReduce(C, affine=affine) if stride == 2 else nn.Identity()
         self.fc1 = nn.Linear(C, hidden)  # W1
         self.fc2 = nn.Linear(hidden, C)  # W2
 
@@ -105,9 +114,9 @@ def _check_stride(stride: int) -> int:
     return stride
 
 
-def skip(C: int, stride: int) -> nn.Module:
+def skip(C: int, stride: int, *, affine: bool = True) -> nn.Module:
     """Identity at stride 1; factorized reduce at stride 2."""
-    return nn.Identity() if stride == 1 else FactorizedReduce(C)
+    return nn.Identity() if stride == 1 else FactorizedReduce(C, affine=affine)
 
 
 def avg_pool_3x3(stride: int) -> nn.Module:
@@ -117,24 +126,33 @@ def avg_pool_3x3(stride: int) -> nn.Module:
 
 Factory = Callable[..., nn.Module]
 
-# Order matters: it is the order of θ's last axis. Keyword `dilated` is accepted by all.
+# Order matters: it is the order of θ's last axis. Keywords `dilated` and `affine` are
+# accepted by all (ops without BatchNorm ignore `affine`).
 PRIMITIVES: dict[str, Factory] = {
-    "dw_sep_3x3": lambda C, s, *, dilated="full": dw_separable(C, 3, _check_stride(s)),
-    "dw_sep_5x5": lambda C, s, *, dilated="full": dw_separable(C, 5, _check_stride(s)),
-    "dil_conv_3x3": lambda C, s, *, dilated="full": dilated_conv(
-        C, 3, _check_stride(s), dilated=dilated
+    "dw_sep_3x3": lambda C, s, *, dilated="full", affine=True: dw_separable(
+        C, 3, _check_stride(s), affine=affine
     ),
-    "dil_conv_5x5": lambda C, s, *, dilated="full": dilated_conv(
-        C, 5, _check_stride(s), dilated=dilated
+    "dw_sep_5x5": lambda C, s, *, dilated="full", affine=True: dw_separable(
+        C, 5, _check_stride(s), affine=affine
     ),
-    "conv_1x1": lambda C, s, *, dilated="full": conv_1x1(C, _check_stride(s)),
-    "se": lambda C, s, *, dilated="full": SqueezeExcitation(C, _check_stride(s)),
-    "avg_pool_3x3": lambda C, s, *, dilated="full": avg_pool_3x3(_check_stride(s)),
-    "max_pool_3x3": lambda C, s, *, dilated="full": nn.MaxPool2d(
+    "dil_conv_3x3": lambda C, s, *, dilated="full", affine=True: dilated_conv(
+        C, 3, _check_stride(s), dilated=dilated, affine=affine
+    ),
+    "dil_conv_5x5": lambda C, s, *, dilated="full", affine=True: dilated_conv(
+        C, 5, _check_stride(s), dilated=dilated, affine=affine
+    ),
+    "conv_1x1": lambda C, s, *, dilated="full", affine=True: conv_1x1(
+        C, _check_stride(s), affine=affine
+    ),
+    "se": lambda C, s, *, dilated="full", affine=True: SqueezeExcitation(
+        C, _check_stride(s), affine=affine
+    ),
+    "avg_pool_3x3": lambda C, s, *, dilated="full", affine=True: avg_pool_3x3(_check_stride(s)),
+    "max_pool_3x3": lambda C, s, *, dilated="full", affine=True: nn.MaxPool2d(
         3, stride=_check_stride(s), padding=1
     ),
-    "skip": lambda C, s, *, dilated="full": skip(C, _check_stride(s)),
-    "zero": lambda C, s, *, dilated="full": Zero(_check_stride(s)),
+    "skip": lambda C, s, *, dilated="full", affine=True: skip(C, _check_stride(s), affine=affine),
+    "zero": lambda C, s, *, dilated="full", affine=True: Zero(_check_stride(s)),
 }
 
 OP_NAMES: tuple[str, ...] = tuple(PRIMITIVES)

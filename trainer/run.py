@@ -54,6 +54,7 @@ def model_config_to_dict(cfg: ModelConfig) -> dict[str, Any]:
 def model_config_from_dict(data: Mapping[str, Any]) -> ModelConfig:
     known = {f.name for f in fields(ModelConfig)}
     values = {k: v for k, v in data.items() if k in known}
+    values.setdefault("search_bn_affine", True)  # written before the option: affine BN
     values["meta_cardinalities"] = tuple(
         (str(name), int(size)) for name, size in values.get("meta_cardinalities", ())
     )
@@ -89,6 +90,7 @@ def model_config_for(
             dilated=config.dilated,
             prune_threshold=config.prune_threshold,
             genotype=genotype,
+            search_bn_affine=config.search_bn_affine,
         )
     except ValueError as err:
         raise BionasError(f"invalid model options: {err}") from None

@@ -81,7 +81,8 @@ class Optimizers:
 
 
 def build_optimizers(model: BioAutoMLNAS, config: TrainConfig, amp: Amp) -> Optimizers:
-    """AdamW on w; Adam (coupled L2, the paper's) or AdamW on θ; one loss scaler each."""
+    """AdamW on w; Adam (coupled L2, the paper's) or AdamW on θ with DARTS' betas (0.5,
+    0.999) by default (the paper gives none); one loss scaler each."""
     w = torch.optim.AdamW(
         model.weight_parameters(), lr=config.lr_w, weight_decay=config.weight_decay_w
     )
@@ -89,7 +90,10 @@ def build_optimizers(model: BioAutoMLNAS, config: TrainConfig, amp: Amp) -> Opti
     if model.arch_parameters():
         kind = torch.optim.Adam if config.theta_optimizer == "adam" else torch.optim.AdamW
         theta = kind(
-            model.arch_parameters(), lr=config.lr_theta, weight_decay=config.weight_decay_theta
+            model.arch_parameters(),
+            lr=config.lr_theta,
+            betas=config.theta_betas,
+            weight_decay=config.weight_decay_theta,
         )
     scalers = [torch.amp.GradScaler("cuda", enabled=amp.loss_scaling) for _ in range(2)]
     return Optimizers(w, theta, *scalers)

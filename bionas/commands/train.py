@@ -34,7 +34,20 @@ def parse_meta_fields(value: Any) -> tuple[str, ...] | None:
     return () if fields in ((), ("none",)) else fields
 
 
-CONVERT = {"batch_size": parse_batch_size, "meta_fields": parse_meta_fields}
+def parse_betas(value: Any) -> tuple[float, ...]:
+    """`0.5,0.999` (or a TOML list) -> (0.5, 0.999)."""
+    items = value if isinstance(value, list | tuple) else str(value).split(",")
+    try:
+        return tuple(float(s) for s in items)
+    except (TypeError, ValueError):
+        raise click.BadParameter(f"{value!r} is not two numbers like 0.5,0.999") from None
+
+
+CONVERT = {
+    "batch_size": parse_batch_size,
+    "meta_fields": parse_meta_fields,
+    "theta_betas": parse_betas,
+}
 
 
 @click.command("train", context_settings={"max_content_width": 100})
@@ -163,6 +176,21 @@ CONVERT = {"batch_size": parse_batch_size, "meta_fields": parse_meta_fields}
     default="adam",
     show_default=True,
     help="adam: coupled L2 on θ (paper); adamw: decoupled.",
+)
+@click.option(
+    "--theta-betas",
+    default="0.5,0.999",
+    show_default=True,
+    help="Adam betas of θ. The paper gives none; 0.5,0.999 is DARTS' (a short memory suits "
+    "logits whose gradient changes as w trains); 0.9,0.999 is torch's default, which bionas "
+    "0.1 used.",
+)
+@click.option(
+    "--search-bn-affine",
+    is_flag=True,
+    help="Learnable BatchNorm scale/shift inside the supernet's candidate ops. Off by default, "
+    "as in DARTS: with it an op can grow its output while its α shrinks. A fixed genotype "
+    "always trains with affine BN.",
 )
 @click.option(
     "--warmup-epochs",
