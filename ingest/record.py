@@ -17,6 +17,7 @@ from bionas.ingest.profiles import ID, DatasetProfile
 from bionas.manifests.vocab import Vocab, build_vocab, vocab_filename
 from bionas.shards.writer import file_sha256
 
+TRAIN_SPLIT = "train"  # the split `bionas train` learns from
 VERSIONED = ("polars", "pillow-simd", "pillow", "webdataset", "zstandard", "numpy")
 
 
@@ -41,19 +42,28 @@ def landed_values(frame: pl.DataFrame, rows: pl.Series, field: str) -> pl.Series
 def build_vocabularies(
     frame: pl.DataFrame, landed: pl.DataFrame, cfg: IngestConfig, profile: DatasetProfile
 ) -> dict[str, Vocab]:
-    """One vocabulary per categorical field, counted over every sample that landed."""
-    counted = tuple(sorted(landed["split"].unique().to_list()))
+    """One vocabulary per categorical field: the target counted over every sample that
+    landed, the features over the train split's samples only.
+
+    A feature value seen only in val/test would get an embedding row that is never
+    trained (SPEC §6); without a row it encodes as the learned unknown (index 0). Without
+    a train split (an evaluation-only dataset) features are counted over every split.
+    """
+    every = tuple(sorted(landed["split"].unique().to_list()))
+    train = landed.filter(pl.col("split") == TRAIN_SPLIT)
+    features, feature_splits = (train, (TRAIN_SPLIT,)) if train.height else (landed, every)
     vocabs = {}
     for field in profile.categorical:
-        values = landed_values(frame, landed["row"], field)
-        counts = dict(values.drop_nulls().value_counts().iter_rows())
         is_target = field == cfg.target
+        rows = landed if is_target else features
+        values = landed_values(frame, rows["row"], field)
+        counts = dict(values.drop_nulls().value_counts().iter_rows())
         vocabs[field] = build_vocab(
             field,
             counts,
             role="target" if is_target else "feature",
             min_count=cfg.min_class_count if is_target else 1,
-            counted_splits=counted,
+            counted_splits=every if is_target else feature_splits,
         )
     return vocabs
 
@@ -110,6 +120,18 @@ def reject_counts(rejects: pl.DataFrame) -> dict:
     return {"total": rejects.height, "by_reason": by_reason}
 
 
+def vocab_entry(vocab: Vocab) -> dict:
+    """The manifest's record of one vocabulary. `counted_over` says its counted splits are
+    the dataset's own (the trainer relies on it); `bionas vocab` counts a metadata table's
+    rows instead and rewrites the entry without it."""
+    return {
+        "file": f"manifests/{vocab_filename(vocab.field)}",
+        "sha256": vocab.sha256,
+        "size": len(vocab),
+        "counted_over": "ingested samples",
+    }
+
+
 def manifest_body(
     cfg: IngestConfig,
     profile: DatasetProfile,
@@ -135,9 +157,6 @@ def manifest_body(
         "splits": splits_body(results),
         "class_counts": counts,
         "rejects": reject_counts(rejects),
-        "vocabs": {
-            f: {"file": f"manifests/{vocab_filename(f)}", "sha256": v.sha256, "size": len(v)}
-            for f, v in vocabs.items()
-        },
+        "vocabs": {f: vocab_entry(v) for f, v in vocabs.items()},
         **extra,
     }

@@ -88,8 +88,10 @@ def test_metadata_insects_1m_lacks_is_fed_as_unknown(pair, report):
     assert all(dna_bin == 0 for dna_bin, _ in indices)  # no dna_bin in any record
     insects = [cls for r, (_, cls) in zip(test, indices, strict=True) if r["class"] == "Insecta"]
     assert insects and all(cls > 0 for cls in insects)  # class is a field of both: fed
-    # every sample's dna_bin is empty, so every scored sample counts as an unseen BIN
-    assert report["samples"]["unseen_bin"] == report["samples"]["evaluated"]
+    # every sample's dna_bin is empty: a missing BIN, not a novel one
+    samples = report["samples"]
+    assert (samples["seen_bin"], samples["unseen_bin"]) == (0, 0)
+    assert samples["no_bin"] == samples["evaluated"] == report["metrics"]["no_bin"]["n_samples"]
 
 
 @pytest.mark.parametrize("p", [0.0, 0.5])

@@ -12,9 +12,8 @@ import pytest
 from datasets import make_tiny_dataset, tiny_jpeg  # tests/datasets.py
 from ingest_helpers import split_records
 
-from bionas.manifests.manifest import load_manifest
+from bionas.manifests.manifest import load_manifest, write_manifest
 from bionas.manifests.vocab import build_vocab, write_vocab
-from bionas.trainer.metrics import unseen_bin_mask
 from bionas.trainer.unseen_bins import training_dna_bins
 
 # tiny models run faster on one thread than with threads competing on a small CPU
@@ -43,27 +42,26 @@ def test_training_bins_are_read_from_train_records_when_the_vocab_counted_other_
     write_vocab(
         build_vocab("dna_bin", counts, counted_splits=("train", "val")), dataset / "manifests"
     )
-    bins, source = training_dna_bins(load_manifest(dataset), cache_dir=tmp_path / "cache")
-    assert source == "records of the train split"
+    cache = tmp_path / "cache" / "train_values.json"
+    bins, source = training_dna_bins(load_manifest(dataset), cache)
+    assert source == "the train split's records"
     assert bins == train_bins_from_records(dataset)
     assert "BOLD:VALONLY" not in bins
-    again, source = training_dna_bins(load_manifest(dataset), cache_dir=tmp_path / "cache")
-    assert (again, source) == (bins, "records of the train split (cached)")
+    for shard in (dataset / "shards" / "train").iterdir():
+        shard.write_bytes(b"not a tar")  # the second answer comes from the cache
+    assert training_dna_bins(load_manifest(dataset), cache)[0] == bins
 
 
 def test_training_bins_come_from_a_train_only_vocab_without_reading_shards(tmp_path):
     dataset = make_tiny_dataset(tmp_path / "ds", n=24)
+    body = dict(load_manifest(dataset).body)  # as ingest records it: counted over samples
+    body["vocabs"]["dna_bin"]["counted_over"] = "ingested samples"
+    write_manifest(dataset, {k: v for k, v in body.items() if k != "schema"})
     for shard in (dataset / "shards" / "train").iterdir():
         shard.write_bytes(b"not a tar")  # proves the shards are not read
     bins, source = training_dna_bins(load_manifest(dataset))
-    assert source.startswith("vocab")
+    assert source == "its dna_bin vocabulary, counted over the train samples"
     assert bins == set(load_manifest(dataset).vocab("dna_bin").values[1:])
-
-
-def test_unseen_bin_mask_marks_new_and_empty_bins():
-    mask = unseen_bin_mask(["BOLD:A", "BOLD:NEW", "", "BOLD:B"], {"BOLD:A", "BOLD:B"})
-    assert mask.tolist() == [False, True, True, False]
-    assert unseen_bin_mask([], {"x"}).dtype == np.bool_
 
 
 # --- end to end through the CLI -------------------------------------------------------
@@ -129,8 +127,10 @@ def test_evaluate_writes_metrics_json_and_readable_pngs(trained):
     assert report["class_names"] == list(every["per_class"])
     # every val dna_bin of the tiny dataset also occurs in train
     train_bins = {r["dna_bin"] for r in split_records(dataset, "train")}
-    unseen = sum(1 for r in val if r["dna_bin"] not in train_bins)
-    assert report["samples"]["unseen_bin"] == report["metrics"]["unseen_bin"]["n_samples"] == unseen
+    seen = sum(1 for r in val if r["dna_bin"] in train_bins)
+    assert report["samples"]["seen_bin"] == report["metrics"]["seen_bin"]["n_samples"] == seen
+    assert report["samples"]["unseen_bin"] == report["samples"]["no_bin"] == N_VAL - seen == 0
+    assert set(report["dna_bin_groups"]) == {"seen_bin", "unseen_bin", "no_bin"}
     eff = report["efficiency"]
     assert eff["model"]["flops"] == 2 * eff["model"]["macs"] > eff["derived"]["flops"] > 0
     assert eff["latency_ms"]["cpu"]["median_ms"] > 0
@@ -171,6 +171,8 @@ def test_evaluate_on_another_dataset_counts_classes_the_model_cannot_know(traine
     # unseen BINs are judged against the run's own training data, not the other dataset's
     train_bins = {r["dna_bin"] for r in split_records(dataset, "train")}
     assert report["samples"]["unseen_bin"] == sum(r["dna_bin"] not in train_bins for r in known)
+    assert report["samples"]["seen_bin"] == sum(r["dna_bin"] in train_bins for r in known)
+    assert report["samples"]["no_bin"] == 0
 
 
 def test_evaluate_refuses_a_missing_split_cleanly(trained):

@@ -8,7 +8,12 @@ import warnings
 import numpy as np
 import pytest
 
-from bionas.trainer.metrics import classification_metrics, evaluation_metrics
+from bionas.trainer.metrics import (
+    BIN_GROUPS,
+    classification_metrics,
+    dna_bin_groups,
+    evaluation_metrics,
+)
 
 NAMES = ["a", "b", "c"]
 
@@ -85,17 +90,27 @@ def test_a_class_never_predicted_has_no_precision_and_zero_in_the_macro_average(
     assert m["precision_macro"] == pytest.approx((1 / 3 + 0) / 2)
 
 
-def test_unseen_bin_metrics_use_only_the_masked_samples(no_warnings):
+def test_subset_metrics_use_only_the_masked_samples(no_warnings):
     y_true = np.array([0, 0, 1, 1, 2, 2])
     y_prob = probs_for([0, 1, 1, 0, 2, 2], 3)
     unseen = np.array([False, True, False, True, True, False])
-    result = evaluation_metrics(y_true, y_prob, NAMES, unseen_bin=unseen)
+    result = evaluation_metrics(y_true, y_prob, NAMES, subsets={"unseen_bin": unseen, "x": None})
     assert result["all"]["n_samples"] == 6
     assert result["all"]["accuracy"] == pytest.approx(4 / 6)
     subset = result["unseen_bin"]
     assert subset["n_samples"] == 3
     assert subset["accuracy"] == pytest.approx(1 / 3)  # only sample 4 (class c) is right
     assert subset["confusion_matrix"] == [[0, 1, 0], [1, 0, 0], [0, 0, 1]]
+    assert "x" not in result  # a subset that could not be computed is left out
+
+
+def test_an_empty_dna_bin_is_no_bin_not_an_unseen_bin():
+    groups = dna_bin_groups(["BOLD:A", "BOLD:NEW", "", "BOLD:B", ""], {"BOLD:A", "BOLD:B"})
+    assert list(groups) == list(BIN_GROUPS) == ["seen_bin", "unseen_bin", "no_bin"]
+    assert groups["seen_bin"].tolist() == [True, False, False, True, False]
+    assert groups["unseen_bin"].tolist() == [False, True, False, False, False]
+    assert groups["no_bin"].tolist() == [False, False, True, False, True]
+    assert all(m.dtype == np.bool_ for m in dna_bin_groups([], {"x"}).values())
 
 
 def test_single_class_one_sample_and_empty_subsets_give_json_without_warnings(no_warnings):
@@ -106,7 +121,8 @@ def test_single_class_one_sample_and_empty_subsets_give_json_without_warnings(no
         "per_class": {},
         "skipped": {"only": "no negative samples"},
     }
-    one = evaluation_metrics(np.array([1]), probs_for([1], 3), NAMES, unseen_bin=np.zeros(1, bool))
+    none = {"unseen_bin": np.zeros(1, bool)}
+    one = evaluation_metrics(np.array([1]), probs_for([1], 3), NAMES, subsets=none)
     assert one["all"]["accuracy"] == 1.0
     assert one["unseen_bin"] == {"n_samples": 0, "accuracy": None, "note": "no samples"}
     for result in (single, one):
@@ -119,4 +135,6 @@ def test_shape_mismatch_is_an_error():
     with pytest.raises(ValueError, match="outside"):
         classification_metrics(np.array([0, 3]), np.ones((2, 3)), NAMES)
     with pytest.raises(ValueError, match="unseen_bin"):
-        evaluation_metrics(np.array([0]), np.ones((1, 3)), NAMES, unseen_bin=np.ones(2, bool))
+        evaluation_metrics(
+            np.array([0]), np.ones((1, 3)), NAMES, subsets={"unseen_bin": np.ones(2, bool)}
+        )

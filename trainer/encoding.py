@@ -1,6 +1,7 @@
 """How records become model inputs: the label (target vocabulary index - 1; classes are
 the target vocabulary without `<unk>`) and metadata indices (0 = unknown), from the
-vocabularies the manifest pins by sha256."""
+vocabularies the manifest pins by sha256. A training run then cuts its feature
+vocabularies to the values of the train split (`train_values.restrict_to_train`)."""
 
 from __future__ import annotations
 

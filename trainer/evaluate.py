@@ -7,15 +7,16 @@ does not know are counted (`unknown_class_samples`) and left out of the metrics,
 the run folded into `Other` count as `Other`, and metadata fields the dataset lacks are
 fed as unknown (index 0).
 
-Metrics are reported on all samples and on the samples whose `dna_bin` never occurs in
-the training split of the run's own dataset (an empty dna_bin counts as unseen; see
-`unseen_bins`).
+Metrics are reported on all samples and apart on three `dna_bin` groups, judged against
+the training split of the run's own dataset (`unseen_bins`): the BIN occurs in training
+(`seen_bin`), never does (`unseen_bin`), or the sample has none (`no_bin`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,8 @@ from bionas.trainer.data import check_shards_exist
 from bionas.trainer.encoding import Encoding
 from bionas.trainer.ops import OP_NAMES
 from bionas.trainer.split_predictions import Predictions, predict_split
-from bionas.trainer.unseen_bins import mark_unseen_bins
+from bionas.trainer.train_values import TRAIN_VALUES_NAME
+from bionas.trainer.unseen_bins import dna_bin_groups
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +88,8 @@ def evaluate_trained(run: Any, cfg: EvaluateConfig) -> dict[str, Any]:
         progress=cfg.progress,
     )
     model = run.model.cpu().eval()
-    unseen, unseen_note = mark_unseen_bins(
-        Path(run.dataset_dir), preds.dna_bins, Path(cfg.run_dir) / "eval"
+    bin_groups, bin_definitions = dna_bin_groups(
+        Path(run.dataset_dir), preds.dna_bins, Path(cfg.run_dir) / TRAIN_VALUES_NAME
     )
     class_names = list(run.class_names)
     report: dict[str, Any] = {
@@ -104,10 +106,10 @@ def evaluate_trained(run: Any, cfg: EvaluateConfig) -> dict[str, Any]:
                 f for f in meta_fields if f not in manifest.categorical_fields
             ],
         },
-        "samples": _sample_counts(manifest.num_samples(cfg.split), preds, unseen),
-        "unseen_bin_definition": unseen_note,
+        "samples": _sample_counts(manifest.num_samples(cfg.split), preds, bin_groups),
+        "dna_bin_groups": bin_definitions,
         "metrics": metrics.evaluation_metrics(
-            preds.labels, preds.probs, class_names, unseen_bin=unseen
+            preds.labels, preds.probs, class_names, subsets=bin_groups
         ),
     }
     genotype = model.genotype() if model.theta is not None else None  # supernet: derived net
@@ -120,9 +122,12 @@ def evaluate_trained(run: Any, cfg: EvaluateConfig) -> dict[str, Any]:
     return report
 
 
-def _sample_counts(in_split: int, preds: Predictions, unseen: np.ndarray | None) -> dict[str, Any]:
-    """Where every sample of the split went; `not_read` are samples the manifest lists but
-    the shards did not yield (a shard cut at a member boundary reads as a shorter tar)."""
+def _sample_counts(
+    in_split: int, preds: Predictions, bin_groups: Mapping[str, np.ndarray | None]
+) -> dict[str, Any]:
+    """Where every sample of the split went, and how many evaluated samples each dna_bin
+    group holds; `not_read` are samples the manifest lists but the shards did not yield (a
+    shard cut at a member boundary reads as a shorter tar)."""
     seen = len(preds.labels) + sum(preds.unknown_classes.values())
     seen += sum(n for reason, n in preds.skipped.items() if reason != "broken shards")
     not_read = max(in_split - seen, 0)
@@ -135,7 +140,7 @@ def _sample_counts(in_split: int, preds: Predictions, unseen: np.ndarray | None)
         "unknown_classes": preds.unknown_classes,
         "skipped": preds.skipped,
         "not_read": not_read,
-        "unseen_bin": None if unseen is None else int(unseen.sum()),
+        **{name: None if m is None else int(m.sum()) for name, m in bin_groups.items()},
     }
 
 

@@ -20,7 +20,7 @@ Conventions, also written into the result:
 from __future__ import annotations
 
 import warnings
-from collections.abc import Container, Sequence
+from collections.abc import Container, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -132,30 +132,43 @@ def evaluation_metrics(
     y_prob: np.ndarray,
     class_names: Sequence[str],
     *,
-    unseen_bin: np.ndarray | None = None,
+    subsets: Mapping[str, np.ndarray | None] | None = None,
     top_k: int = 5,
 ) -> dict[str, Any]:
-    """The metric bundle on all samples, and on the subset whose dna_bin never occurs in
-    training (`unseen_bin`: boolean mask [N] from the caller), side by side."""
+    """The metric bundle on all samples, and on each named subset (a boolean mask [N]
+    from the caller, e.g. the `dna_bin_groups`; None: not computed), side by side."""
     result = {
         "conventions": CONVENTIONS,
         "all": classification_metrics(y_true, y_prob, class_names, top_k=top_k),
     }
-    if unseen_bin is not None:
-        mask = np.asarray(unseen_bin, dtype=bool)
+    for name, subset in (subsets or {}).items():
+        if subset is None:
+            continue
+        mask = np.asarray(subset, dtype=bool)
         if mask.shape != (len(y_true),):
-            raise ValueError(f"unseen_bin mask has shape {mask.shape}, expected ({len(y_true)},)")
-        result["unseen_bin"] = classification_metrics(
+            raise ValueError(f"{name} mask has shape {mask.shape}, expected ({len(y_true)},)")
+        result[name] = classification_metrics(
             np.asarray(y_true)[mask], np.asarray(y_prob)[mask], class_names, top_k=top_k
         )
     return result
 
 
-def unseen_bin_mask(dna_bins: Sequence[str], training_bins: Container[str]) -> np.ndarray:
-    """True where the dna_bin is empty or never occurs in training."""
-    return np.fromiter(
-        (not b or b not in training_bins for b in dna_bins), dtype=bool, count=len(dna_bins)
-    )
+# The dna_bin groups of SPEC §6: a sample's BIN occurs in the training split, never does,
+# or the sample has none (an empty BIN is missing information, not a novel BIN).
+BIN_GROUPS = ("seen_bin", "unseen_bin", "no_bin")
+
+
+def dna_bin_groups(dna_bins: Sequence[str], training_bins: Container[str]) -> dict[str, np.ndarray]:
+    """One boolean mask per `BIN_GROUPS` entry; every sample is in exactly one group."""
+    no_bin = no_bin_mask(dna_bins)
+    seen = np.fromiter((bool(b) and b in training_bins for b in dna_bins), dtype=bool,
+                       count=len(dna_bins))  # fmt: skip
+    return {"seen_bin": seen, "unseen_bin": ~seen & ~no_bin, "no_bin": no_bin}
+
+
+def no_bin_mask(dna_bins: Sequence[str]) -> np.ndarray:
+    """True where the dna_bin is empty."""
+    return np.fromiter((not b for b in dna_bins), dtype=bool, count=len(dna_bins))
 
 
 def _check(

@@ -36,10 +36,12 @@ from bionas.trainer.data import StreamPosition, check_shards_exist
 from bionas.trainer.distributed import SINGLE, Dist, data_parallel, rank_seed
 from bionas.trainer.encoding import Encoding, load_encoding
 from bionas.trainer.genotype import Genotype
-from bionas.trainer.leakage import resolve_meta_fields
+from bionas.trainer.heldout import HeldOutShards, split_heldout
+from bionas.trainer.leakage import dataset_taxonomy, resolve_meta_fields
 from bionas.trainer.logs import start_logs, trim_logs
 from bionas.trainer.model import BioAutoMLNAS, build_model
 from bionas.trainer.run import CHECKPOINT, load_genotype, model_config_for, write_run_config
+from bionas.trainer.train_values import TRAIN_VALUES_NAME, restrict_to_train
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +58,7 @@ class Session:
     train_shards: tuple[Path, ...]
     train_samples: int  # all ranks together
     val_shards: tuple[Path, ...]
-    heldout: bool  # θ steps read the held-out slice of train
+    heldout: HeldOutShards | None  # with --arch-data heldout: θ steps' shards, w steps'
     dist: Dist = SINGLE
 
     @property
@@ -112,6 +114,10 @@ def start_session(
     device = dist.device if dist.enabled else resolve_device(config.device)
     amp = resolve_amp(config, device)
     model = build_model(model_config_for(config, encoding, genotype)).to(device)
+    train_shards = tuple(check_shards_exist(manifest, "train", config.strict))
+    heldout = None
+    if config.arch_data == "heldout" and model.arch_parameters():
+        heldout = split_heldout(manifest, train_shards, config.heldout_fraction)
     checkpoint_path = config.run_dir / CHECKPOINT
     payload = None
     if config.resume:
@@ -138,12 +144,12 @@ def start_session(
         device=device,
         amp=amp,
         batch_size=batch_size,
-        train_shards=tuple(check_shards_exist(manifest, "train", config.strict)),
+        train_shards=train_shards,
         train_samples=samples,
         val_shards=(
             tuple(check_shards_exist(manifest, config.val_split, config.strict)) if has_val else ()
         ),
-        heldout=config.arch_data == "heldout" and bool(model.arch_parameters()),
+        heldout=heldout,
         dist=dist,
     )
     opts = build_optimizers(model, config, amp)
@@ -170,6 +176,7 @@ def _resolve_dataset(
             config.meta_fields,
             target,
             manifest.body.get("vocabs", {}),
+            dataset_taxonomy(manifest.body),
             allow_target_leakage=config.allow_target_leakage,
         )
     except ValueError as err:
@@ -178,6 +185,8 @@ def _resolve_dataset(
     cells = len(genotype.cells) if genotype is not None else config.cells
     config = replace(config, target=target, meta_fields=meta_fields, cells=cells)
     encoding = load_encoding(manifest, target, meta_fields)
+    # values that occur only outside the train split encode as unknown (SPEC §6)
+    encoding = restrict_to_train(encoding, manifest, config.run_dir / TRAIN_VALUES_NAME)
     return config, manifest, encoding, genotype
 
 
@@ -221,6 +230,7 @@ def _start_or_restore(
                 "world_size": dist.world_size,
                 "amp": session.amp.to_dict(),
                 "device": str(session.device),
+                **({"heldout": session.heldout.to_dict()} if session.heldout else {}),
             },
         )
     return state

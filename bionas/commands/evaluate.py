@@ -83,8 +83,13 @@ def summary(report: dict) -> str:
         + ")",
         "  all:        " + _headline(every),
     ]
-    if "unseen_bin" in report["metrics"]:
-        lines.append("  unseen BIN: " + _headline(report["metrics"]["unseen_bin"]))
+    for group, label in (
+        ("seen_bin", "seen BIN"),
+        ("unseen_bin", "unseen BIN"),
+        ("no_bin", "no BIN"),
+    ):
+        if group in report["metrics"]:
+            lines.append(f"  {label + ':':<11} " + _headline(report["metrics"][group]))
     eff = report["efficiency"]
     model, cpu = eff["model"], eff["latency_ms"]["cpu"]
     lines.append(
