@@ -3,6 +3,7 @@
     shard list --permute(seed, epoch, pass)--> split by rank, then by worker
       --> shard_members (open + tar stream) --> group_samples (key -> jpg + json)
       --> [stride, when there are fewer shards than readers] --> shuffle (seeded buffer)
+    one such chain per pass over the shards; `passes=None` chains them forever
 
 Each stage is a plain generator function over an iterator, as in webdataset's
 `filters.py`; the member grouping does what webdataset's `tar_file_expander` +
@@ -15,13 +16,19 @@ missing) is skipped and counted in `ReadStats`, or raises `CorruptDataError` whe
 `strict`; there is no sleep or retry on error. Everything is a pure function of
 (shards, seed, epoch, rank, world_size, worker, num_workers): the same arguments give
 the same samples in the same order.
+
+Each pass has its own shard order and its own shuffle buffer (seeded by the pass index,
+emptied at the end of the pass), so a place in an endless stream is (pass, samples taken
+in that pass), and a reader can start there by reading that one pass up to the place
+(`first_pass`, `skip`) instead of every pass before it.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import tarfile
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, TypeVar
@@ -49,15 +56,19 @@ class RawSample(NamedTuple):
     jpg: bytes
     json: bytes
     shard: str  # file name of the shard it came from, for error messages
+    pass_index: int = 0  # the pass over the shards it was read in
 
 
 @dataclass
 class ReadStats:
-    """Counts of what was skipped; mutated by the stages of one reader."""
+    """Counts of what was read and skipped; mutated by the stages of one reader."""
 
     broken_shards: int = 0
     incomplete_samples: int = 0
     strict: bool = False
+    shards_opened: int = 0
+    samples_read: int = 0  # complete samples un-tarred (whether or not yielded yet)
+    bytes_read: int = 0  # tar members' contents (uncompressed), every member read
 
     def skip(self, what: str, where: str, error: object) -> None:
         message = f"{where}: {error}"
@@ -115,6 +126,7 @@ def shard_members(paths: Iterable[Path], stats: ReadStats) -> Iterator[tuple[str
     for path in paths:
         name = Path(path).name
         try:
+            stats.shards_opened += 1
             with open_shard(path) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
                 for member in tar:
                     if not member.isreg():
@@ -122,7 +134,9 @@ def shard_members(paths: Iterable[Path], stats: ReadStats) -> Iterator[tuple[str
                     handle = tar.extractfile(member)
                     if handle is None:
                         continue
-                    yield name, member.name, handle.read()
+                    data = handle.read()
+                    stats.bytes_read += len(data)
+                    yield name, member.name, data
         except SHARD_ERRORS as err:
             stats.skip("shard", str(path), f"unreadable ({type(err).__name__}: {err})")
 
@@ -142,6 +156,7 @@ def group_samples(
         if missing:
             stats.skip("sample", f"{shard}: {key}", f"missing member(s) {missing}")
         else:
+            stats.samples_read += 1
             yield RawSample(key, parts[IMAGE_EXT], parts[RECORD_EXT], shard)
 
     for shard, member, data in members:
@@ -186,17 +201,18 @@ def read_samples(
     seed: int = 0,
     epoch: int = 0,
     passes: int | None = 1,
+    first_pass: int = 0,
+    skip: int = 0,
     shuffle_shards: bool = True,
     shuffle_buffer: int = 0,
-    keep: Callable[[str], bool] | None = None,
     stats: ReadStats | None = None,
 ) -> Iterator[RawSample]:
-    """The raw samples of one reader slot; `passes=None` repeats forever.
+    """The raw samples of one reader slot, passes `first_pass`..`passes - 1` (`passes=None`:
+    forever), less the first `skip` (read, not yielded).
 
     Pass p reads the shards in the order `permute(shards, seed, epoch, p)` (manifest order
-    when `shuffle_shards` is false); `keep(key)` (picklable) selects samples before they
-    are divided among readers; the shuffle buffer runs across passes, seeded by
-    (seed, epoch, rank, worker).
+    when `shuffle_shards` is false) through its own shuffle buffer, seeded by (seed, epoch,
+    rank, worker, p): pass p gives the same samples whichever pass the stream started at.
     """
     stats = stats if stats is not None else ReadStats()
 
@@ -204,19 +220,21 @@ def read_samples(
         ordered = permute(shards, seed, epoch, p) if shuffle_shards else list(shards)
         mine, step = split_shards(ordered, slot)
         samples: Iterator[RawSample] = group_samples(shard_members(mine, stats), stats)
-        if keep is not None:
-            samples = (s for s in samples if keep(s.key))
-        return stride(samples, step, slot.index) if step > 1 else samples
+        if step > 1:
+            samples = stride(samples, step, slot.index)
+        rng = np.random.default_rng([seed, epoch, slot.rank, slot.worker, p, 0x5EED])
+        for sample in shuffle(samples, shuffle_buffer, rng):
+            yield sample._replace(pass_index=p)
 
     def all_passes() -> Iterator[RawSample]:
-        p, empty = 0, 0
+        p, empty = first_pass, 0
         while passes is None or p < passes:
             empty += 1
             for sample in one_pass(p):
                 empty = 0
                 yield sample
-            # A pass can be empty for one reader (its few shards broken, or no sample
-            # kept); many in a row means an endless stream would never yield.
+            # A pass can be empty for one reader (its few shards broken); many in a row
+            # means an endless stream would never yield.
             if passes is None and empty >= MAX_EMPTY_PASSES:
                 raise CorruptDataError(
                     f"reader {slot} found no readable samples in {empty} passes over "
@@ -224,5 +242,4 @@ def read_samples(
                 )
             p += 1
 
-    rng = np.random.default_rng([seed, epoch, slot.rank, slot.worker, 0x5EED])
-    return shuffle(all_passes(), shuffle_buffer, rng)
+    return itertools.islice(all_passes(), skip, None)

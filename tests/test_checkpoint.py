@@ -79,6 +79,24 @@ def test_a_run_killed_mid_epoch_resumes_from_its_step_checkpoint_exactly(config,
     assert step_losses(killed.run_dir) == step_losses(config.run_dir)
 
 
+def test_a_heldout_run_killed_mid_epoch_resumes_exactly_after_several_theta_passes(
+    config, tmp_path
+):
+    # 1 held-out shard of 16 samples, 48 w samples: 12 steps an epoch, 3 θ passes. The
+    # checkpoint of step 15 is epoch 2, batch 3: the θ stream is in its 4th pass.
+    config = replace(config, arch_data="heldout", heldout_fraction=0.25, checkpoint_every=15)
+    whole = train(config)
+    killed = replace(config, run_dir=tmp_path / "b")
+    with pytest.raises(Crash):
+        train(killed, on_step=crash_at(17))
+    state = torch.load(killed.run_dir / "checkpoints" / "last.pt")["state"]
+    assert (state["epoch"], state["batch"]) == (1, 3)
+    assert state["arch"]["workers"]["0"]["pass_index"] == 3
+    resumed = train(replace(killed, resume=True))
+    assert without_timing(resumed) == without_timing(whole)
+    assert step_losses(killed.run_dir) == step_losses(config.run_dir)
+
+
 def test_checkpoint_holds_everything_and_loads_with_weights_only(config):
     train(replace(config, epochs=1))
     path = config.run_dir / "checkpoints" / "last.pt"
@@ -136,3 +154,17 @@ def test_a_damaged_checkpoint_is_a_clear_error(tmp_path):
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(BionasError, match="cannot read checkpoint"):
         load_checkpoint(path)
+
+
+def test_a_mid_epoch_position_of_an_older_bionas_still_resumes(config, caplog):
+    train(replace(config, max_steps=3))
+    path = config.run_dir / "checkpoints" / "last.pt"
+    payload = torch.load(path, weights_only=True)
+    payload["state"]["main"].pop("version")  # one cursor per worker, as before passes
+    for worker in payload["state"]["main"]["workers"].values():
+        worker.pop("pass_index")
+    torch.save(payload, path)
+    with caplog.at_level("WARNING"):
+        history = train(replace(config, resume=True, max_steps=None))
+    assert [h["steps"] for h in history] == [8, 8]
+    assert "older bionas" in caplog.text

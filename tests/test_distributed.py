@@ -155,11 +155,11 @@ def test_without_torchrun_there_is_no_process_group(monkeypatch):
 
 
 def test_every_rank_gets_the_same_number_of_batches_from_the_manifest_count():
-    assert epoch_length(SAMPLES, 8, None, True, world_size=2) == (3, 3)
-    assert epoch_length(SAMPLES, 8, None, True, world_size=1) == (7, 7)
-    assert epoch_length(SAMPLES, 8, 0.25, True, world_size=2) == (4, 2)  # 45 w samples
+    assert epoch_length(SAMPLES, 8, False, True, world_size=2) == (3, 3)
+    assert epoch_length(SAMPLES, 8, False, True, world_size=1) == (7, 7)
+    assert epoch_length(40, 8, True, True, world_size=2) == (4, 2)  # 40 w samples
     with pytest.raises(BionasError, match="fewer than one batch of 8 per rank"):
-        epoch_length(SAMPLES, 8, None, True, world_size=8)
+        epoch_length(SAMPLES, 8, False, True, world_size=8)
 
 
 def test_a_mid_epoch_checkpoint_of_two_ranks_does_not_resume_on_one(dataset, tmp_path):

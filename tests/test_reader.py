@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import random
 import tarfile
 from dataclasses import replace
@@ -24,7 +25,7 @@ from bionas.shards.reader import (
     read_samples,
 )
 from bionas.shards.writer import Sample, write_shard
-from bionas.trainer.data import BatchStream, HeldOut, StreamPosition, StreamSpec, make_loader
+from bionas.trainer.data import BatchStream, StreamPosition, StreamSpec, make_loader
 from bionas.trainer.encoding import load_encoding
 from bionas.trainer.transforms import (
     BIOSCAN_MEAN,
@@ -227,14 +228,6 @@ def test_meta_dropout_replaces_indices_by_unknown_reproducibly(dataset):
     assert (plain > 0).all() and 0.3 < (first == 0).float().mean() < 0.7
 
 
-def test_held_out_slice_and_the_rest_partition_the_keys():
-    keys = [f"K{i}" for i in range(2000)]
-    inside = {k for k in keys if HeldOut(0.1, True)(k)}
-    outside = {k for k in keys if HeldOut(0.1, False)(k)}
-    assert inside.isdisjoint(outside) and inside | outside == set(keys)
-    assert 140 < len(inside) < 260
-
-
 def test_preprocess_resizes_the_shorter_side_centre_crops_and_normalises():
     image = Image.new("RGB", (90, 60), tuple(round(m * 255) for m in BIOSCAN_MEAN))
     buffer = io.BytesIO()
@@ -281,3 +274,25 @@ def test_a_shard_truncated_at_a_member_boundary_is_reported(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         assert check_shards_exist(manifest, "train") == manifest.shard_paths("train")
     assert "differ in size" in caplog.text
+
+
+def test_an_endless_stream_started_at_pass_p_is_the_tail_of_the_whole_stream(dataset):
+    shards = load_manifest(dataset).shard_paths("train")[:2]  # 16 samples a pass
+    slot = Slot(1, 2, 0, 1)  # one rank of two: 8 samples a pass
+    options = {"slot": slot, "seed": 4, "passes": None, "shuffle_buffer": 5}
+    whole = [(s.key, s.pass_index) for s in itertools.islice(read_samples(shards, **options), 45)]
+    assert [p for _, p in whole] == [i // 8 for i in range(45)]
+    stats = ReadStats()
+    started = read_samples(shards, first_pass=3, skip=5, stats=stats, **options)
+    first = next(started)
+    assert (first.key, first.pass_index) == whole[29]  # the 6th sample of pass 3
+    assert stats.shards_opened == 1  # this slot's one shard of pass 3, no earlier pass
+    assert [(s.key, s.pass_index) for s in itertools.islice(started, 15)] == whole[30:45]
+
+
+def test_reader_counts_the_shards_it_opens_and_the_bytes_it_reads(dataset):
+    shards = load_manifest(dataset).shard_paths("train")
+    stats = ReadStats()
+    samples = list(read_samples(shards, passes=2, stats=stats))
+    assert (stats.shards_opened, stats.samples_read) == (2 * len(shards), 80)
+    assert stats.bytes_read == 2 * sum(len(s.jpg) + len(s.json) for s in samples[:40])

@@ -173,7 +173,7 @@ def test_heldout_arch_data_puts_a_theta_step_after_every_w_step(tmp_path):
     config = tiny_config(tmp_path, arch_data="heldout", heldout_fraction=0.25)
     (epoch,) = train(config)
     steps = read_jsonl(config.run_dir / "steps.jsonl")
-    assert [s["kind"] for s in steps] == ["w", "theta"] * 4  # 36 w samples // 8 = 4
+    assert [s["kind"] for s in steps] == ["w", "theta"] * 4  # 1 of 3 shards held: 32 // 8
     assert epoch["theta_acc"] is not None
 
 

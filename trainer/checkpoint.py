@@ -24,6 +24,7 @@ and each rank's RNG is seeded anew, so the run goes on but is no longer bit-comp
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 from collections.abc import Mapping, Sequence
@@ -37,11 +38,12 @@ from torch import nn
 
 from bionas.errors import BionasError
 from bionas.trainer.config import LEGACY_DEFAULTS, TrainConfig
-from bionas.trainer.data import StreamPosition
+from bionas.trainer.data import POSITION_VERSION, StreamPosition
 from bionas.trainer.distributed import fingerprint
 from bionas.trainer.run import CHECKPOINT
 
 FORMAT = "bionas.checkpoint/1"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -252,7 +254,29 @@ def load_for_resume(
             f"cannot resume {config.run_dir}: the dataset's vocabularies changed since the "
             "checkpoint, so class and metadata indices would mean something else"
         )
+    _check_stream_positions(payload["state"], config)
     return payload
+
+
+def _check_stream_positions(state: Mapping[str, Any], config: TrainConfig) -> None:
+    """Positions stored before streams had passes (`POSITION_VERSION`): a held-out θ
+    stream's is refused, a mid-epoch main stream's resumes, no longer bit-exactly."""
+    arch = state.get("arch")
+    if arch is not None and StreamPosition.version_of(arch) < POSITION_VERSION:
+        raise BionasError(
+            f"cannot resume {config.run_dir}: it was checkpointed by an older bionas whose "
+            "--arch-data heldout slice was chosen sample by sample (a hash of the "
+            "processid); this version holds out whole train shards, so the run cannot go on "
+            "with the same slices. Finish it with the bionas that started it, or start a "
+            "new run with another --out."
+        )
+    main = state["main"]
+    if StreamPosition.version_of(main) < POSITION_VERSION and int(main["batches"]) > 0:
+        log.warning(
+            "%s was checkpointed mid-epoch by an older bionas: the rest of epoch %d reads "
+            "as many samples, but its batches differ from an uninterrupted run's",
+            config.run_dir, int(state["epoch"]) + 1,
+        )  # fmt: skip
 
 
 def stored_config(run_dir: Path) -> dict[str, Any]:

@@ -10,16 +10,18 @@ index (0 = unknown).
 them: every epoch gives exactly `num_batches` batches per rank (a worker whose shards run
 out wraps into the next shard permutation), so every rank of a distributed run takes the
 same number of steps. Batch i of an epoch always comes from logical worker i % W, and
-every batch carries its worker's position in the raw stream (`WorkerState.cursor`), so a
-run resumed at batch k rebuilds the same stream by skipping raw samples without decoding
-them (see `StreamPosition`).
+every batch carries its worker's position in the raw stream: the pass over its shards and
+the raw samples consumed in that pass (`WorkerState`). A run resumed at batch k rebuilds
+the same stream by starting each worker's reader at its pass and skipping the samples
+consumed there without decoding them (see `StreamPosition`): the cost of a resume is at
+most one pass, however many passes an endless stream (the held-out θ stream, which lives
+for the whole run) had taken.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -41,23 +43,19 @@ from bionas.trainer.transforms import DECODE_ERRORS, decode_image, normalize_ima
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class HeldOut:
-    """Selects a fixed slice of samples by a hash of the processid: the same fraction of
-    every class in expectation, the same samples in every epoch and on every machine."""
-
-    fraction: float
-    inside: bool
-
-    def __call__(self, key: str) -> bool:
-        return (zlib.crc32(key.encode()) % 10_000 < self.fraction * 10_000) == self.inside
+# Version 1 (no "version" key): one cursor per worker over the whole endless stream, whose
+# shuffle buffer ran across passes; resuming it replayed every pass (only a main stream's
+# position, within one epoch, still resumes: from pass 0, skipping `cursor` samples).
+POSITION_VERSION = 2
+SKIP_REASONS = ("corrupt", "unknown_class", "broken_shards", "incomplete")
 
 
 @dataclass
 class WorkerState:
     """Where a worker is in its raw stream, and what it skipped so far."""
 
-    cursor: int = 0  # raw samples consumed (decoded or skipped)
+    pass_index: int = 0  # the pass over its shards it is in
+    cursor: int = 0  # raw samples consumed in that pass (decoded or skipped)
     corrupt: int = 0  # samples whose JPEG or JSON failed to decode
     unknown_class: int = 0  # samples with no known target class
     broken_shards: int = 0
@@ -65,6 +63,12 @@ class WorkerState:
 
     def to_dict(self) -> dict[str, int]:
         return dict(vars(self))
+
+    def consume(self, sample: RawSample) -> None:
+        """Count one raw sample; a sample of a new pass starts that pass's count."""
+        if sample.pass_index != self.pass_index:
+            self.pass_index, self.cursor = sample.pass_index, 0
+        self.cursor += 1
 
 
 @dataclass
@@ -74,6 +78,11 @@ class StreamPosition:
     batches: int = 0
     workers: dict[int, WorkerState] = field(default_factory=dict)
 
+    @staticmethod
+    def version_of(data: Mapping[str, Any]) -> int:
+        """The layout of a stored position (`POSITION_VERSION`; 1 before passes)."""
+        return int(data.get("version", 1))
+
     def advance(self, batch: Batch) -> None:
         self.batches += 1
         self.workers[batch.worker] = batch.state
@@ -81,13 +90,13 @@ class StreamPosition:
     def skipped(self) -> dict[str, int]:
         totals: dict[str, int] = {}
         for state in self.workers.values():
-            for key, value in state.to_dict().items():
-                if key != "cursor":
-                    totals[key] = totals.get(key, 0) + value
+            for key in SKIP_REASONS:
+                totals[key] = totals.get(key, 0) + getattr(state, key)
         return totals
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "version": POSITION_VERSION,
             "batches": self.batches,
             "workers": {str(w): s.to_dict() for w, s in self.workers.items()},
         }
@@ -135,7 +144,6 @@ class StreamSpec:
     passes: int | None = None
     shuffle: bool = True
     shuffle_buffer: int = 1000
-    keep: HeldOut | None = None
     meta_dropout: float = 0.0  # train only: each metadata index -> 0 with this probability
     # ship uint8 pixels, normalised on the device after the copy (CUDA: a quarter of the
     # bytes through queues, pinned memory and PCIe); else normalise in the workers,
@@ -179,13 +187,13 @@ class BatchStream(IterableDataset):
             seed=spec.seed,
             epoch=spec.epoch,
             passes=spec.passes,
+            # Resume: start at this worker's pass, skipping (not decoding) what it consumed
+            first_pass=state.pass_index,
+            skip=state.cursor,
             shuffle_shards=spec.shuffle,
             shuffle_buffer=spec.shuffle_buffer if spec.shuffle else 0,
-            keep=spec.keep,
             stats=stats,
         )
-        # Resume: skip what this worker consumed before, without decoding it.
-        raw = itertools.islice(raw, state.cursor, None)
         for index in itertools.count(done):
             if todo is not None and index - done >= todo:
                 return
@@ -200,7 +208,7 @@ class BatchStream(IterableDataset):
     def _collect(self, raw: Iterator[RawSample], state: WorkerState) -> list[tuple]:
         items = []
         for sample in raw:
-            state.cursor += 1
+            state.consume(sample)
             try:
                 record = decode_record(sample.json)
                 label = self.encoding.label(record)
@@ -270,11 +278,9 @@ def train_spec(
     batch_size: int,
     epoch: int,
     num_batches: int | None,
-    *,
-    heldout: bool = False,
 ) -> StreamSpec:
-    """One epoch of train for w steps (the part outside the held-out slice if `heldout`);
-    it wraps into the next shard permutation rather than run short."""
+    """One epoch of w steps over `shards` (all of train, or the shards outside the held-out
+    slice); it wraps into the next shard permutation rather than run short."""
     return StreamSpec(
         shards=tuple(shards),
         batch_size=batch_size,
@@ -284,16 +290,15 @@ def train_spec(
         num_batches=num_batches,
         passes=None,
         shuffle_buffer=config.shuffle_buffer,
-        keep=HeldOut(config.heldout_fraction, inside=False) if heldout else None,
         meta_dropout=config.meta_dropout,
         strict=config.strict,
     )
 
 
 def arch_spec(config: TrainConfig, shards: Sequence[Path], batch_size: int) -> StreamSpec:
-    """The held-out slice of train for θ steps, endless (one persistent iterator)."""
-    spec = train_spec(config, shards, batch_size, 0, None)
-    return replace(spec, keep=HeldOut(config.heldout_fraction, inside=True))
+    """The held-out train shards for θ steps, endless (one persistent iterator for the
+    run: pass p of it is pass p of "epoch 0")."""
+    return train_spec(config, shards, batch_size, 0, None)
 
 
 def val_spec(config: TrainConfig, shards: Sequence[Path], batch_size: int) -> StreamSpec:
@@ -310,24 +315,22 @@ def val_spec(config: TrainConfig, shards: Sequence[Path], batch_size: int) -> St
 
 
 def epoch_length(
-    train_samples: int,
+    main_samples: int,
     batch_size: int,
-    heldout_fraction: float | None,
+    heldout: bool,
     searching: bool,
     world_size: int = 1,
 ) -> tuple[int, int]:
     """(steps in an epoch, batches it takes from the main stream), the same on every rank:
-    `batch_size` is per rank, and each rank's share is 1/world_size of the manifest count.
+    `batch_size` is per rank, and each rank's share is 1/world_size of `main_samples`, the
+    manifest count of the shards the main stream reads.
 
-    Interleaved (`heldout_fraction=None`): one pass over train, θ steps included. Held
-    out: one pass over the w slice, with a θ step after each w step while searching.
+    Interleaved: one pass over train, θ steps included. Held out (`main_samples` is then
+    the w shards' count): one pass over them, with a θ step after each w step while
+    searching.
     """
-    if heldout_fraction is None:
-        count = batches_per_epoch(train_samples, batch_size, world_size)
-        return count, count
-    w_samples = int(train_samples * (1 - heldout_fraction))
-    count = batches_per_epoch(w_samples, batch_size, world_size)
-    return (2 * count if searching else count), count
+    count = batches_per_epoch(main_samples, batch_size, world_size)
+    return (2 * count if heldout and searching else count), count
 
 
 def check_shards_exist(manifest: Manifest, split: str, strict: bool = False) -> list[Path]:

@@ -17,9 +17,9 @@ statistics like the w step it alternates with (as in DARTS), but its running sta
 are put back afterwards: every parameter and buffer of w is bit-identical across a θ
 step, and the running statistics that evaluation uses come from w steps only.
 
-`--arch-data heldout`: θ steps read a fixed slice of train (a hash of the processid)
-through one persistent iterator, w steps read the rest; an epoch is then one pass over
-the w slice with a θ step after each w step.
+`--arch-data heldout`: θ steps read a fixed slice of whole train shards
+(`bionas.trainer.heldout`) through one persistent iterator, w steps read the other
+shards; an epoch is then one pass over the w shards with a θ step after each w step.
 
 Several ranks (torchrun, `bionas.trainer.distributed`): each rank reads its share of
 every stream and takes the same steps through DistributedDataParallel; step and epoch
@@ -48,11 +48,11 @@ from bionas.trainer.checkpoint import (
 )
 from bionas.trainer.config import TrainConfig
 from bionas.trainer.data import (
+    SKIP_REASONS,
     Batch,
     BatchStream,
     StreamPosition,
     StreamSpec,
-    WorkerState,
     arch_spec,
     epoch_length,
     make_loader,
@@ -94,7 +94,7 @@ def train(
     while state.epoch < session.config.epochs and not _stop(session, state):
         searching = bool(model.arch_parameters()) and state.epoch >= session.config.warmup_epochs
         if searching and session.heldout and arch_batches is None:
-            spec = arch_spec(session.config, session.train_shards, session.batch_size)
+            spec = arch_spec(session.config, session.heldout.arch, session.batch_size)
             arch_batches = iter(_loader(session, spec, state.arch))
         finished = run_epoch(session, model, forward, opts, state, searching, arch_batches, on_step)
         if finished:
@@ -155,14 +155,13 @@ def run_epoch(
     """Train the rest of the epoch in progress; False when --max-steps stopped it early.
     `forward` is what the steps call (`model` in DDP on several ranks)."""
     cfg, dist = session.config, session.dist
-    fraction = cfg.heldout_fraction if session.heldout else None
+    shards, samples = session.train_shards, session.train_samples
+    if session.heldout:  # w steps read only the shards outside the held-out slice
+        shards, samples = session.heldout.w, session.heldout.w_samples
     steps, main_batches = epoch_length(
-        session.train_samples, session.batch_size, fraction, searching, dist.world_size
+        samples, session.batch_size, bool(session.heldout), searching, dist.world_size
     )
-    spec = train_spec(
-        cfg, session.train_shards, session.batch_size, state.epoch, main_batches,
-        heldout=session.heldout,
-    )  # fmt: skip
+    spec = train_spec(cfg, shards, session.batch_size, state.epoch, main_batches)
     main_batches_iter = iter(_loader(session, spec, state.main))
     quiet = cfg.quiet or not dist.is_main
     bar = progress_bar(steps, state.batch, f"epoch {state.epoch + 1}/{cfg.epochs}", quiet)
@@ -267,7 +266,7 @@ def _skipped(position: StreamPosition, dist: Dist) -> dict[str, int]:
     skipped = position.skipped()
     if not dist.enabled:
         return skipped
-    reasons = [k for k in WorkerState().to_dict() if k != "cursor"]  # the same on all ranks
+    reasons = list(SKIP_REASONS)  # the same on all ranks
     totals = dist.sum([skipped.get(k, 0) for k in reasons])
     return {k: int(v) for k, v in zip(reasons, totals, strict=True)}
 
