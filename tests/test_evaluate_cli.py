@@ -131,8 +131,21 @@ def test_evaluate_writes_metrics_json_and_readable_pngs(trained):
     assert report["samples"]["seen_bin"] == report["metrics"]["seen_bin"]["n_samples"] == seen
     assert report["samples"]["unseen_bin"] == report["samples"]["no_bin"] == N_VAL - seen == 0
     assert set(report["dna_bin_groups"]) == {"seen_bin", "unseen_bin", "no_bin"}
-    eff = report["efficiency"]
-    assert eff["model"]["flops"] == 2 * eff["model"]["macs"] > eff["derived"]["flops"] > 0
+    # the headline is the derived network (one op per edge), the supernet is reported apart
+    network = report["network"]
+    assert network["name"] == "derived"
+    genotype = json.loads((run / "genotype.json").read_text())
+    assert network["genotype"] == {
+        f"cell{c['index']}.{edge}": choice["op"]
+        for c in genotype["cells"]
+        for edge, choice in c["edges"].items()
+    }
+    assert network["bn_recalibration"]["samples"] > 0
+    supernet = report["supernet"]
+    assert supernet["metrics"]["all"]["n_samples"] == every["n_samples"] == N_VAL
+    eff, super_eff = report["efficiency"], supernet["efficiency"]
+    assert super_eff["model"]["flops"] > eff["model"]["flops"] == 2 * eff["model"]["macs"] > 0
+    assert super_eff["model"]["parameters"]["total"] > eff["model"]["parameters"]["total"]
     assert eff["latency_ms"]["cpu"]["median_ms"] > 0
     for name in ("confusion_matrix", "roc", "alphas", "training_curves"):
         assert report["plots"][name] == f"{name}.png"

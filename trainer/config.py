@@ -33,6 +33,7 @@ RESUMABLE_OVERRIDES = frozenset(
     {
         "epochs",
         "max_steps",
+        "retrain_epochs",
         "checkpoint_every",
         "quiet",
         "strict",
@@ -84,6 +85,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     label_smoothing: float = 0.1
     warmup_epochs: int = 0  # epochs of weight-only steps before the search starts
+    retrain_epochs: int = 0  # then train the derived genotype from scratch in RUN_DIR/final
     arch_data: str = "interleaved"
     heldout_fraction: float = 0.1  # share of train read by θ steps with arch_data=heldout
     meta_dropout: float = 0.0
@@ -149,6 +151,7 @@ def _validate(c: TrainConfig) -> None:
         _check(getattr(c, name) > 0, f"--{_flag(name)} must be > 0, got {getattr(c, name)}")
     _check(c.shuffle_buffer >= 0, f"--shuffle-buffer must be >= 0, got {c.shuffle_buffer}")
     _check(c.warmup_epochs >= 0, f"--warmup-epochs must be >= 0, got {c.warmup_epochs}")
+    _check(c.retrain_epochs >= 0, f"--retrain-epochs must be >= 0, got {c.retrain_epochs}")
     _check(
         c.gpu_memory_gb is None or c.gpu_memory_gb > 0,
         f"--gpu-memory-gb must be > 0, got {c.gpu_memory_gb}",

@@ -7,6 +7,10 @@ does not know are counted (`unknown_class_samples`) and left out of the metrics,
 the run folded into `Other` count as `Other`, and metadata fields the dataset lacks are
 fed as unknown (index 0).
 
+The headline is the network the run produces (`networks`): for a search run the derived
+network (argmax op per edge, inheriting the supernet's weights, BatchNorm recalibrated),
+with the supernet's metrics apart under `supernet`; for a fixed genotype, itself.
+
 Metrics are reported on all samples and apart on three `dna_bin` groups, judged against
 the training split of the run's own dataset (`unseen_bins`): the BIN occurs in training
 (`seen_bin`), never does (`unseen_bin`), or the sample has none (`no_bin`).
@@ -29,14 +33,16 @@ from bionas.manifests.manifest import Manifest, load_manifest
 from bionas.trainer import efficiency, metrics, plots
 from bionas.trainer.data import check_shards_exist
 from bionas.trainer.encoding import Encoding
+from bionas.trainer.networks import networks_to_evaluate
 from bionas.trainer.ops import OP_NAMES
+from bionas.trainer.recalibrate import DEFAULT_BATCHES
 from bionas.trainer.split_predictions import Predictions, predict_split
 from bionas.trainer.train_values import TRAIN_VALUES_NAME
 from bionas.trainer.unseen_bins import dna_bin_groups
 
 log = logging.getLogger(__name__)
 
-SCHEMA = "bionas.eval/1"
+SCHEMA = "bionas.eval/2"  # 2: the headline is the derived network; the supernet apart
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,7 @@ class EvaluateConfig:
     out_dir: Path | None = None  # None: RUN_DIR/eval/<split>
     device: str = "auto"
     latency_runs: int = 20
+    bn_batches: int = DEFAULT_BATCHES  # train batches to recalibrate a derived network's BN
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -56,6 +63,8 @@ class EvaluateConfig:
             raise BionasError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.workers < 0:
             raise BionasError(f"--workers must be >= 0, got {self.workers}")
+        if self.bn_batches < 0:
+            raise BionasError(f"--bn-batches must be >= 0, got {self.bn_batches}")
         if self.latency_runs < 1:
             raise BionasError(f"--latency-runs must be >= 1, got {self.latency_runs}")
 
@@ -76,18 +85,22 @@ def evaluate_trained(run: Any, cfg: EvaluateConfig) -> dict[str, Any]:
     meta_fields = tuple(run.meta_fields)
     # the run's vocabularies, not the dataset's: indices must mean what they meant in training
     encoding = Encoding(run.vocabs[run.target], tuple(run.vocabs[f] for f in meta_fields))
-    preds = predict_split(
-        run.model,
+    device = _device(cfg.device)
+    nets = networks_to_evaluate(
+        run, encoding, bn_batches=cfg.bn_batches, batch_size=cfg.batch_size, device=device
+    )
+    all_preds = predict_split(
+        nets.models,
         check_shards_exist(manifest, cfg.split),
         encoding,
         run.image_size,
         batch_size=cfg.batch_size,
         workers=cfg.workers,
-        device=_device(cfg.device),
+        device=device,
         total=manifest.num_samples(cfg.split),
         progress=cfg.progress,
     )
-    model = run.model.cpu().eval()
+    preds = all_preds[nets.headline]
     bin_groups, bin_definitions = dna_bin_groups(
         Path(run.dataset_dir), preds.dna_bins, Path(cfg.run_dir) / TRAIN_VALUES_NAME
     )
@@ -106,16 +119,23 @@ def evaluate_trained(run: Any, cfg: EvaluateConfig) -> dict[str, Any]:
                 f for f in meta_fields if f not in manifest.categorical_fields
             ],
         },
+        "network": {"name": nets.headline, **nets.about[nets.headline]},
         "samples": _sample_counts(manifest.num_samples(cfg.split), preds, bin_groups),
         "dna_bin_groups": bin_definitions,
-        "metrics": metrics.evaluation_metrics(
-            preds.labels, preds.probs, class_names, subsets=bin_groups
-        ),
     }
-    genotype = model.genotype() if model.theta is not None else None  # supernet: derived net
-    report["efficiency"] = efficiency.efficiency_report(
-        model, run.image_size, genotype=genotype, latency_runs=cfg.latency_runs
-    )
+    for name, model in nets.models.items():
+        measured = {
+            "metrics": metrics.evaluation_metrics(
+                all_preds[name].labels, all_preds[name].probs, class_names, subsets=bin_groups
+            ),
+            "efficiency": efficiency.efficiency_report(
+                model.cpu().eval(), run.image_size, latency_runs=cfg.latency_runs
+            ),
+        }
+        if name == nets.headline:
+            report.update(measured)
+        else:
+            report[name] = {**nets.about[name], **measured}
     report["plots"] = _write_plots(cfg.run_dir, out_dir, preds, class_names, report, OP_NAMES)
     _write_json(out_dir / "metrics.json", report)
     report["out_dir"] = str(out_dir)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -125,7 +125,7 @@ class Predictions:
 
 
 def predict_split(
-    model: torch.nn.Module,
+    models: Mapping[str, torch.nn.Module],
     shard_paths: list[Path],
     encoding: Encoding,
     image_size: int,
@@ -135,14 +135,16 @@ def predict_split(
     device: torch.device | str = "cpu",
     total: int | None = None,
     progress: bool = False,
-) -> Predictions:
-    """Class probabilities for every sample of the shards whose class the model knows."""
+) -> dict[str, Predictions]:
+    """Each model's class probabilities for every sample of the shards whose class the
+    models know; the split is read and decoded once, whatever the number of models."""
     from tqdm import tqdm
 
     stream = SplitStream(shard_paths, encoding, image_size, batch_size)
     loader = DataLoader(stream, batch_size=None, num_workers=workers)
-    model = model.to(device).eval()
-    probs, labels, processids, dna_bins = [], [], [], []
+    models = {name: model.to(device).eval() for name, model in models.items()}
+    probs: dict[str, list[np.ndarray]] = {name: [] for name in models}
+    labels, processids, dna_bins = [], [], []
     skipped: Counter[str] = Counter()
     unknown: Counter[str] = Counter()
     reader: dict[int, dict[str, int]] = {}
@@ -156,19 +158,25 @@ def predict_split(
             bar.update(n + sum(batch["skipped"].values()) + sum(batch["unknown_classes"].values()))
             if n == 0:
                 continue
-            with torch.inference_mode():
-                logits = model(batch["images"].to(device), batch["meta"].to(device))
-            probs.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+            images, meta = batch["images"].to(device), batch["meta"].to(device)
+            for name, model in models.items():
+                with torch.inference_mode():
+                    logits = model(images, meta)
+                probs[name].append(torch.softmax(logits.float(), dim=1).cpu().numpy())
             labels.append(batch["labels"].numpy())
             processids += batch["processids"]
             dna_bins += batch["dna_bins"]
     for counts in reader.values():
         skipped.update({k: v for k, v in counts.items() if v})
-    return Predictions(
-        probs=np.concatenate(probs) if probs else np.zeros((0, encoding.num_classes), np.float32),
-        labels=np.concatenate(labels) if labels else np.zeros(0, np.int64),
-        processids=processids,
-        dna_bins=dna_bins,
-        skipped=dict(sorted(skipped.items())),
-        unknown_classes=dict(sorted(unknown.items())),
-    )
+    empty = np.zeros((0, encoding.num_classes), np.float32)
+    return {
+        name: Predictions(
+            probs=np.concatenate(probs[name]) if probs[name] else empty,
+            labels=np.concatenate(labels) if labels else np.zeros(0, np.int64),
+            processids=processids,
+            dna_bins=dna_bins,
+            skipped=dict(sorted(skipped.items())),
+            unknown_classes=dict(sorted(unknown.items())),
+        )
+        for name in models
+    }

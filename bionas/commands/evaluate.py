@@ -33,6 +33,14 @@ DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--latency-runs", default=20, show_default=True, type=click.IntRange(min=1),
               help="Timed forwards at batch 1 for the median latency.")  # fmt: skip
+@click.option(
+    "--bn-batches",
+    default=20,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Search runs: train batches on which the derived network's BatchNorm statistics "
+    "are re-estimated before it is evaluated (0: keep the supernet's).",
+)
 def command(
     run_dir: Path,
     dataset_dir: Path | None,
@@ -42,13 +50,21 @@ def command(
     out_dir: Path | None,
     device: str,
     latency_runs: int,
+    bn_batches: int,
 ) -> None:
     """Evaluate RUN_DIR on a split: writes metrics.json and PNG plots.
 
     \b
     metrics.json: accuracy, top-5, precision/recall/F1 (macro, weighted), per-class
-    report, one-vs-rest ROC AUC, confusion matrix, the same on samples whose dna_bin
-    never occurs in training, and efficiency (parameters, size, FLOPs/MACs, latency).
+    report, one-vs-rest ROC AUC, confusion matrix, the same for samples whose dna_bin
+    occurs in training, never does, or is empty, and efficiency (parameters, size,
+    FLOPs/MACs, latency).
+
+    \b
+    Which network: for a search run, the headline is the derived network (argmax op
+    per edge, weights inherited from the supernet, BatchNorm re-estimated on
+    --bn-batches train batches); the supernet's own metrics are under "supernet". For
+    a fixed genotype (e.g. RUN_DIR/final of `bionas train --retrain-epochs`), itself.
 
     \b
     Examples:
@@ -67,6 +83,7 @@ def command(
         out_dir=out_dir,
         device=device,
         latency_runs=latency_runs,
+        bn_batches=bn_batches,
     )
     report = evaluate_run(cfg)
     click.echo(summary(report))
@@ -75,7 +92,9 @@ def command(
 def summary(report: dict) -> str:
     """A few lines: sample counts, headline metrics, efficiency, where the files are."""
     samples, every = report["samples"], report["metrics"]["all"]
+    network = report["network"]
     lines = [
+        f"network: {network['name']} ({network['network']})",
         f"{report['split']} of {report['dataset_dir']}: {samples['evaluated']} samples evaluated"
         f" ({samples['unknown_class_samples']} of classes the model does not know"
         + "".join(f", {n} {reason}" for reason, n in samples["skipped"].items())
@@ -90,22 +109,24 @@ def summary(report: dict) -> str:
     ):
         if group in report["metrics"]:
             lines.append(f"  {label + ':':<11} " + _headline(report["metrics"][group]))
-    eff = report["efficiency"]
-    model, cpu = eff["model"], eff["latency_ms"]["cpu"]
-    lines.append(
-        f"  model: {model['parameters']['total']:,} params, {model['size_mb']:.2f} MB, "
-        f"{_giga(model['flops'])}FLOPs = {_giga(model['macs'])}MACs at {eff['image_size']} px, "
-        f"CPU {cpu['median_ms']:.1f} ms"
-        + (f", GPU {eff['latency_ms']['cuda']['median_ms']:.2f} ms" if eff["latency_ms"]["cuda"] else "")
-    )  # fmt: skip
-    if "derived" in eff:
-        d = eff["derived"]
-        lines.append(
-            f"  derived fixed net: {d['parameters']['total']:,} params, "
-            f"{_giga(d['flops'])}FLOPs = {_giga(d['macs'])}MACs"
-        )
+    lines.append("  " + _costs(report["efficiency"]))
+    if "supernet" in report:
+        supernet = report["supernet"]
+        lines.append("supernet (as searched, not deployable):")
+        lines.append("  all:        " + _headline(supernet["metrics"]["all"]))
+        lines.append("  " + _costs(supernet["efficiency"]))
     lines.append(f"wrote {report['out_dir']}/metrics.json and plots")
     return "\n".join(lines)
+
+
+def _costs(eff: dict) -> str:
+    model, cpu = eff["model"], eff["latency_ms"]["cpu"]
+    gpu = eff["latency_ms"]["cuda"]
+    return (
+        f"model: {model['parameters']['total']:,} params, {model['size_mb']:.2f} MB, "
+        f"{_giga(model['flops'])}FLOPs = {_giga(model['macs'])}MACs at {eff['image_size']} px, "
+        f"CPU {cpu['median_ms']:.1f} ms" + (f", GPU {gpu['median_ms']:.2f} ms" if gpu else "")
+    )
 
 
 def _headline(m: dict) -> str:

@@ -200,11 +200,21 @@ CONVERT = {
     help="Epochs that update only the weights before the search starts.",
 )
 @click.option(
+    "--retrain-epochs",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="After the search: derive the genotype (RUN_DIR/genotype.json) and train it from "
+    "scratch for this many epochs in RUN_DIR/final, the model to evaluate and deploy. "
+    "0: search only (derive and retrain later with `bionas derive` + `--genotype`).",
+)
+@click.option(
     "--arch-data",
     type=click.Choice(["interleaved", "heldout"]),
     default="interleaved",
     show_default=True,
-    help="θ steps on the training stream (paper) or on a held-out slice of train.",
+    help="θ steps on the training stream (paper), or on held-out whole train shards "
+    "(10%, at least 1; w steps read the others).",
 )
 @click.option(
     "--meta-dropout",
@@ -242,6 +252,7 @@ def command(ctx: click.Context, dataset_dir: Path, run_dir: Path, config_file: P
       bionas train ds/ --out run/ --resume              # after a crash or Ctrl-C
       bionas train ds/ --out small/ --device cpu --image-size 64 --batch-size 16 \\
              --cells 3 --channels 8 --max-steps 50
+      bionas train ds/ --out run/ --retrain-epochs 20   # search, derive, final model
       bionas derive run/ && bionas train ds/ --out fixed/ --genotype run/genotype.json
       bionas train ds/ --out paper/ --meta-fields dna_bin,class,family \\
              --allow-target-leakage                     # the paper's leaky setting
@@ -252,7 +263,7 @@ def command(ctx: click.Context, dataset_dir: Path, run_dir: Path, config_file: P
     from bionas.trainer.checkpoint import stored_config
     from bionas.trainer.config import TrainConfig, read_toml_options
     from bionas.trainer.distributed import launched_rank, process_group
-    from bionas.trainer.loop import train
+    from bionas.trainer.final import final_run_dir, search_and_retrain
 
     try:
         given = read_toml_options(config_file) if config_file else {}
@@ -273,18 +284,34 @@ def command(ctx: click.Context, dataset_dir: Path, run_dir: Path, config_file: P
 
     # Under torchrun: one rank of a distributed run (bionas.trainer.distributed).
     with process_group(config.device) as dist:
+        epochs = {"n": config.epochs}
+
+        def on_stage(record: dict) -> None:
+            if not dist.is_main:
+                return
+            if record["stage"] == "derive":
+                click.echo(record["text"].rstrip())
+                click.echo(f"wrote {record['genotype']}")
+            elif record["stage"] == "final":
+                epochs["n"] = record["epochs"]
+                click.echo(f"training the derived genotype from scratch in {record['run_dir']}")
 
         def on_epoch(record: dict) -> None:
             if not config.quiet and dist.is_main:
-                click.echo(epoch_line(record, config.epochs), err=True)
+                click.echo(epoch_line(record, epochs["n"]), err=True)
 
         try:
-            history = train(config, on_epoch=on_epoch, dist=dist)
+            histories = search_and_retrain(config, on_stage=on_stage, on_epoch=on_epoch, dist=dist)
         except CorruptDataError as err:
             raise BionasError(last_line(str(err))) from None
     if dist.is_main:
-        click.echo(f"trained {len(history)} epoch(s); run directory: {run_dir}")
-        click.echo(f"next: bionas derive {run_dir} && bionas evaluate {run_dir}")
+        click.echo(f"trained {len(histories['search'])} epoch(s); run directory: {run_dir}")
+        if "final" in histories:
+            final = final_run_dir(run_dir)
+            click.echo(f"final model: {final} ({len(histories['final'])} epoch(s))")
+            click.echo(f"next: bionas evaluate {final}")
+        else:
+            click.echo(f"next: bionas derive {run_dir} && bionas evaluate {run_dir}")
 
 
 def epoch_line(record: dict, epochs: int) -> str:

@@ -1,0 +1,86 @@
+"""Search -> derive -> final model in one command (`bionas train --retrain-epochs N`)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+from datasets import make_tiny_dataset  # tests/datasets.py
+
+from bionas.cli import main
+from bionas.trainer.logs import read_jsonl
+from bionas.trainer.ops import OP_NAMES
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+TINY = ["--device", "cpu", "--image-size", "32", "--cells", "3", "--channels", "4",
+        "--batch-size", "8", "--workers", "0", "--shuffle-buffer", "16", "--quiet"]  # fmt: skip
+
+
+def bionas(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return make_tiny_dataset(tmp_path_factory.mktemp("final") / "ds", n=48, shards_per_split=3)
+
+
+def ops_of(genotype: dict) -> list[str]:
+    return [e["op"] for c in genotype["cells"] for e in c["edges"].values()]
+
+
+def test_retrain_epochs_derives_the_genotype_and_trains_it_from_scratch(dataset, tmp_path):
+    run = tmp_path / "run"
+    result = bionas("train", dataset, "--out", run, "--epochs", "1", "--retrain-epochs", "2",
+                    "--lr-theta", "0.05", *TINY)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    genotype = json.loads((run / "genotype.json").read_text())
+    searched = torch.load(run / "model.pt", weights_only=True)
+    theta = searched["state_dict"]["theta"]
+    argmax = [OP_NAMES[int(k)] for k in theta.argmax(-1).flatten()]
+    restored = {(c["index"], name) for c in genotype["cells"]
+                for name, e in c["edges"].items() if e.get("restored")}  # fmt: skip
+    names = [(c, e) for c in range(3) for e in ("e1", "e2a", "e2b")]
+    assert [op for op, key in zip(ops_of(genotype), names, strict=True) if key not in restored] == [
+        op for op, key in zip(argmax, names, strict=True) if key not in restored
+    ]
+    final = torch.load(run / "final/model.pt", weights_only=True)
+    assert "theta" not in final["state_dict"]
+    assert ops_of(final["model_config"]["genotype"]) == ops_of(genotype)
+    # trained from scratch, not inherited: the stem moved away from the supernet's
+    stem = "image_encoder.stem.0.weight"
+    assert not torch.equal(final["state_dict"][stem], searched["state_dict"][stem])
+    assert [e["epoch"] for e in read_jsonl(run / "final/epochs.jsonl")] == [1, 2]
+    steps = read_jsonl(run / "final/steps.jsonl")
+    assert steps and {s["kind"] for s in steps} == {"w"}
+    assert f"final model: {run / 'final'}" in result.output
+
+    evaluated = bionas("evaluate", run / "final", "--split", "val", "--latency-runs", "1")
+    assert evaluated.exit_code == 0, evaluated.output
+    report = json.loads((run / "final/eval/val/metrics.json").read_text())
+    assert report["network"]["name"] == "fixed" and "supernet" not in report
+
+
+def test_resume_with_retrain_epochs_after_a_search_only_run_trains_the_final_model(
+    dataset, tmp_path
+):
+    run = tmp_path / "run"
+    assert bionas("train", dataset, "--out", run, "--epochs", "1", *TINY).exit_code == 0
+    assert not (run / "final").exists()
+    result = bionas("train", dataset, "--out", run, "--resume", "--retrain-epochs", "1")
+    assert result.exit_code == 0, result.output
+    assert len(read_jsonl(run / "epochs.jsonl")) == 1  # the search did not run again
+    assert len(read_jsonl(run / "final/epochs.jsonl")) == 1
+
+
+def test_retrain_epochs_with_a_fixed_genotype_is_refused(dataset, tmp_path):
+    genotype = tmp_path / "g.json"
+    cells = [{"index": i, "reduction": i > 0,
+              "edges": {"e1": {"op": "skip"}, "e2a": {"op": "se"}, "e2b": {"op": "zero"}}}
+             for i in range(3)]  # fmt: skip
+    genotype.write_text(json.dumps({"format": "bionas.genotype/1", "cells": cells}))
+    result = bionas("train", dataset, "--out", tmp_path / "r", "--genotype", genotype,
+                    "--retrain-epochs", "1", *TINY)  # fmt: skip
+    assert result.exit_code == 1 and "already trains a fixed --genotype" in result.output
