@@ -2,11 +2,13 @@
 
 Plain, slow Polars: one wide frame, string scans cast afterwards, a left join on the
 processid, a per-string hash. The fast plan must give the same samples in the same
-order, the same rejects and the same record fields.
+order, the same rejects and the same record fields. The reject details are written out
+here row by row in plain Python (`reference_reject_details`), not taken from the plan.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import string
 
@@ -15,7 +17,7 @@ import polars as pl
 
 from bionas.ingest.boxes import DEFAULT_FRAME
 from bionas.ingest.config import IngestConfig
-from bionas.ingest.plan import BOX, FRAME, reject_details
+from bionas.ingest.plan import BOX, FRAME
 from bionas.ingest.profiles import BBOX_COLUMNS, ID, OFFICIAL_SPLIT, DatasetProfile
 
 SAFE_KEY_PATTERN = r"^[A-Za-z0-9_\-:+@=,]{1,90}$"
@@ -143,12 +145,46 @@ def _reasons(df: pl.DataFrame, cfg: IngestConfig) -> pl.DataFrame:
     return df.with_columns(reason.otherwise(None).alias("reason"))
 
 
+def _coordinate(value: float | None) -> str:
+    """A box coordinate or frame size as a reject detail writes it (Polars' Float64 text)."""
+    if value is None:
+        return "missing"
+    return "NaN" if math.isnan(value) else repr(value)  # 10.0, -0.0, inf, 1e+16
+
+
+def _detail(row: dict, target: str) -> str:
+    reason = row["reason"]
+    if reason == "unsafe_processid":
+        return f"processid '{row[ID] or ''}' is not a safe file name"
+    if reason == "duplicate_processid":
+        return "processid already used by an earlier row"
+    if reason == "empty_target":
+        return f"no {target} label"
+    if reason == "missing_split":
+        return f"split '{row['_raw_split'] or ''}' is not known"
+    assert reason == "bad_bbox", reason
+    box = ", ".join(_coordinate(row[c]) for c in BOX)
+    frame = [row[c] if row[c] is not None else d for c, d in zip(FRAME, DEFAULT_FRAME, strict=True)]
+    return f"bbox ({box}) in a {_coordinate(frame[0])}x{_coordinate(frame[1])} frame"
+
+
+def reference_reject_details(rejected: pl.DataFrame, cfg: IngestConfig) -> pl.DataFrame:
+    """processid, split, stage, reason and a readable detail per rejected row, in order."""
+    rows = [
+        {"processid": row[ID], "split": row["_split"], "stage": "plan", "reason": row["reason"],
+         "detail": _detail(row, cfg.target)}
+        for row in rejected.iter_rows(named=True)
+    ]  # fmt: skip
+    names = ("processid", "split", "stage", "reason", "detail")
+    return pl.DataFrame(rows, schema=dict.fromkeys(names, pl.String))
+
+
 def reference_plan(cfg: IngestConfig, profile: DatasetProfile) -> dict:
     """samples (wide rows in sample order, with split and shard), rejects, counts."""
     df = _join_bbox(_scan(cfg, profile), cfg).collect()
     df = clip_bbox(df)
     df = _reasons(_split(df, cfg), cfg)
-    rejects = reject_details(df.filter(pl.col("reason").is_not_null()), cfg)
+    rejects = reference_reject_details(df.filter(pl.col("reason").is_not_null()), cfg)
     good = df.filter(pl.col("reason").is_null())
     excluded = 0
     if cfg.splits:

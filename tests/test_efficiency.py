@@ -14,6 +14,7 @@ from bionas.trainer.efficiency import (
     state_dict_bytes,
 )
 from bionas.trainer.model import ModelConfig, build_model
+from bionas.trainer.ops import OP_NAMES
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")  # tests/conftest.py
 
@@ -54,17 +55,58 @@ def test_latency_is_positive_and_leaves_the_module_mode_alone():
     assert net.training
 
 
+def bn_state_bytes(model: nn.Module) -> int:
+    """BatchNorm2d buffers, by hand: running mean and var (fp32, C each) + num_batches_tracked
+    (int64), whether or not the layer has an affine weight and bias."""
+    return sum(2 * m.num_features * 4 + 8 for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+
+
 def test_report_of_a_supernet_has_the_derived_network_beside_it():
     cfg = ModelConfig(num_classes=3, meta_cardinalities=(("dna_bin", 5),), channels=4, cells=3)
     model = build_model(cfg).eval()
+    with torch.no_grad():  # θ picks conv_1x1 on every edge, so the derived net is known
+        model.theta.zero_()
+        model.theta[..., OP_NAMES.index("conv_1x1")] = 10.0
     report = efficiency_report(model, 32, genotype=model.genotype(), latency_runs=2, cuda=False)
     supernet, derived = report["model"], report["derived"]
-    assert supernet["parameters"] == model.parameter_counts()
+
+    # by hand from the layer shapes (embed 256, metadata embedding 32; SPEC §6)
+    theta = 3 * 3 * 10  # cells x edges x ops
+    metadata = 5 * 32 + (32 * 256 + 256) + (256 * 256 + 256)  # embedding, 2-layer MLP
+    head = (512 * 256 + 256) + (256 * 3 + 3)  # concat[img, meta] -> 256 -> classes
+
+    def fixed_cell(c: int, c_out: int) -> int:  # 3 edges of conv 1x1 + BN, output conv + BN
+        return 3 * (c * c + 2 * c) + 2 * c * c_out + 2 * c_out
+
+    stem = 3 * 9 * 4 + 2 * 4 + 4 * 9 * 4 + 2 * 4  # two 3x3 convs (no bias) + BN, 4 channels
+    # reductions at cells 1 and 2 (cells // 3, 2 * cells // 3): widths 4 -> 4 -> 8 -> 16
+    cells = fixed_cell(4, 4) + fixed_cell(4, 8) + fixed_cell(8, 16)
+    image = stem + cells + 16 * 256 + 256  # + the projection to the 256-d embedding
+    assert derived["parameters"] == {
+        "image_encoder": image,
+        "metadata_encoder": metadata,
+        "head": head,
+        "theta": 0,
+        "total": image + metadata + head,
+    }
+    assert image + metadata + head == 211_911
+    # + 14 BatchNorms' running mean and var (fp32) and step count (int64): 2 in the stem
+    # (4 + 4 channels), 4 per cell (3 x 4 + 4, 3 x 4 + 8, 3 x 8 + 16 channels)
+    assert derived["size_bytes"] == 4 * 211_911 + 4 * 2 * (8 + 16 + 20 + 40) + 8 * 14
+
+    total = sum(p.numel() for p in model.parameters())
+    assert supernet["parameters"] == {
+        "image_encoder": total - metadata - head - theta,
+        "metadata_encoder": metadata,
+        "head": head,
+        "theta": theta,
+        "total": total,
+    }
+    assert supernet["size_bytes"] == 4 * total + bn_state_bytes(model)
+    assert supernet["size_mb"] == supernet["size_bytes"] / 1e6
     assert supernet["flops"] == 2 * supernet["macs"] > 0
     # one op per edge instead of nine computed candidates
     assert 0 < derived["flops"] < supernet["flops"]
-    assert derived["parameters"]["theta"] == 0
-    assert supernet["size_bytes"] == state_dict_bytes(model)
     assert report["latency_ms"]["cpu"]["median_ms"] > 0
     assert report["latency_ms"]["cuda"] is None
     assert "FLOPs = 2 x MACs" in report["conventions"]["flops"]

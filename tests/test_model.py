@@ -6,9 +6,7 @@ import pytest
 import torch
 
 from bionas.trainer.cell import NONZERO_OPS
-from bionas.trainer.encoder import reduction_flags
 from bionas.trainer.fusion import FUSIONS
-from bionas.trainer.genotype import derive
 from bionas.trainer.metadata import MetadataEncoder
 from bionas.trainer.model import BioAutoMLNAS, ModelConfig, build_model, fixed_from_supernet
 from bionas.trainer.ops import OP_NAMES, ZERO
@@ -124,9 +122,31 @@ def test_near_one_hot_supernet_equals_the_fixed_network_of_its_genotype():
     torch.testing.assert_close(fixed(images, meta), model(images, meta), atol=1e-5, rtol=0)
 
 
-def test_model_genotype_is_the_pure_derivation_of_its_alphas():
-    model = build_model(TINY)
-    assert model.genotype() == derive(model.alphas(), reduction_flags(3))
+def test_model_genotype_keeps_the_op_whose_theta_is_largest_on_each_edge():
+    torch.manual_seed(0)
+    model = build_model(TINY)  # 3 cells: reductions at cells // 3 = 1 and 2 * cells // 3 = 2
+    chosen = [  # (e1, e2a, e2b) per cell; no choice cuts z1 or z2 off from the cell's x
+        ("dil_conv_5x5", ZERO, "se"),
+        ("skip", "max_pool_3x3", ZERO),
+        ("conv_1x1", "dw_sep_3x3", "avg_pool_3x3"),
+    ]
+    with torch.no_grad():  # a small lead on top of θ's N(0, 1e-3) start, not a one-hot
+        for cell, ops in enumerate(chosen):
+            for row, op in enumerate(ops):
+                model.theta[cell, row, OP_NAMES.index(op)] += 0.05
+    genotype = model.genotype()
+    assert [[e.op for e in cell.edges] for cell in genotype.cells] == [list(c) for c in chosen]
+    assert [[e.edge for e in cell.edges] for cell in genotype.cells] == [["e1", "e2a", "e2b"]] * 3
+    assert [cell.reduction for cell in genotype.cells] == [False, True, True]
+    for cell in genotype.cells:  # each edge records α = softmax of its θ row
+        for row, edge in enumerate(cell.edges):
+            expected = torch.softmax(model.theta[cell.index, row].detach().double(), dim=0)
+            assert edge.alphas == pytest.approx(expected.tolist(), abs=1e-7)
+
+    # the genotype follows θ as it is now, not as it was built
+    with torch.no_grad():
+        model.theta[..., OP_NAMES.index("conv_1x1")] += 0.1
+    assert [e.op for cell in model.genotype().cells for e in cell.edges] == ["conv_1x1"] * 9
 
 
 @pytest.mark.parametrize("with_meta", [True, False])

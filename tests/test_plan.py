@@ -128,3 +128,43 @@ def test_plan_matches_the_first_version(tables, tmp_path, case):
     for name in BIOSCAN_5M.categorical:  # records hold blank labels as missing
         labels = [value or None for value in rows[name].cast(pl.String).to_list()]
         assert labels == ref["samples"][name].to_list(), name
+
+
+def test_each_reject_names_its_row_and_says_why(tmp_path):
+    table = [  # processid, order, official split, bbox (x0, y0, x1, y1, width, height)
+        ("a/b", "Diptera", "train", None),
+        ("P1", "Diptera", "train", None),
+        ("P1", "Diptera", "val", None),
+        ("P2", "", "train", None),
+        ("P3", "Diptera", "holdout", None),
+        ("P4", "Diptera", "test", ("50", "50", "10", "60", "", "")),  # x1 < x0
+        ("P5", "Diptera", "train", ("x", "5", "20", "30", "512", "inf")),  # x0 unreadable
+        ("P6", "Diptera", "val", ("10", "10", "40", "40", "1024", "768")),
+    ]
+    metadata, bbox = tmp_path / "metadata.csv", tmp_path / "bbox.tsv"
+    with open(metadata, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        for pid, order, split, _ in table:
+            writer.writerow({**dict.fromkeys(COLUMNS, ""), "processid": pid, "order": order,
+                             "split": split, "phylum": "Arthropoda"})  # fmt: skip
+    with open(bbox, "w", newline="") as handle:
+        out = csv.writer(handle, delimiter="\t", lineterminator="\n")
+        out.writerow(["processid", "width_original", "height_original", "x0", "y0", "x1", "y1"])
+        for pid, _, _, box in table:
+            if box is not None:
+                out.writerow([pid, *box[4:], *box[:4]])
+    cfg = IngestConfig(metadata=metadata, images=tmp_path, out=tmp_path / "out", bbox=bbox,
+                       split_source="official")  # fmt: skip
+    plan = make_plan(cfg, BIOSCAN_5M)
+
+    assert plan.rejects.rows() == [
+        ("a/b", "train", "plan", "unsafe_processid", "processid 'a/b' is not a safe file name"),
+        ("P1", "val", "plan", "duplicate_processid", "processid already used by an earlier row"),
+        ("P2", "train", "plan", "empty_target", "no order label"),
+        ("P3", None, "plan", "missing_split", "split 'holdout' is not known"),
+        ("P4", "test", "plan", "bad_bbox", "bbox (50.0, 50.0, 10.0, 60.0) in a 1024.0x768.0 frame"),
+        ("P5", "train", "plan", "bad_bbox", "bbox (missing, 5.0, 20.0, 30.0) in a 512.0x768.0 frame"),
+    ]  # fmt: skip
+    assert plan.rejects.columns == ["processid", "split", "stage", "reason", "detail"]
+    assert sorted(plan.samples[ID].to_list()) == ["P1", "P6"]
