@@ -23,6 +23,19 @@ AMP_DTYPES = ("fp16", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 DILATED = ("full", "separable")
 
+PAPER_LR_THETA = 3e-4
+# DARTS' CIFAR-10 search (Liu et al. 2019): 50 epochs of 391 θ steps at lr 3e-4. Adam moves
+# a parameter by at most about lr per step, so that search could move a logit ~5.9 in all.
+DARTS_THETA_TRAVEL = PAPER_LR_THETA * 50 * 391
+
+
+def auto_lr_theta(theta_steps: int) -> float:
+    """`--lr-theta auto`: the paper's 3e-4 when the search takes at least DARTS' 19,550 θ
+    steps (the paper's own full-data search takes far more), else DARTS' total travel spread
+    over the θ steps there are: max(3e-4, 5.865 / θ steps)."""
+    return max(PAPER_LR_THETA, DARTS_THETA_TRAVEL / max(theta_steps, 1))
+
+
 # What a run stored before an option existed ran with (bionas 0.1: torch's Adam betas,
 # affine BN in the supernet's ops).
 LEGACY_DEFAULTS: dict[str, Any] = {"theta_betas": [0.9, 0.999], "search_bn_affine": True}
@@ -77,7 +90,7 @@ class TrainConfig:
     amp_dtype: str | None = None  # None: fp16 + loss scaling on CUDA (paper), bf16 on CPU
     lr_w: float = 1e-3  # AdamW on w
     weight_decay_w: float = 1e-4
-    lr_theta: float = 3e-4  # Adam on θ
+    lr_theta: float | None = PAPER_LR_THETA  # Adam on θ; None: `auto_lr_theta`
     weight_decay_theta: float = 1e-3
     theta_optimizer: str = "adam"  # "adamw": decoupled weight decay on θ
     theta_betas: tuple[float, float] = (0.5, 0.999)  # DARTS' (paper silent); torch's 0.9 before
@@ -148,7 +161,9 @@ def _validate(c: TrainConfig) -> None:
     _check(c.workers >= 0, f"--workers must be >= 0, got {c.workers}")
     _check(c.threads is None or c.threads >= 1, f"--threads must be >= 1, got {c.threads}")
     for name in ("lr_w", "lr_theta"):
-        _check(getattr(c, name) > 0, f"--{_flag(name)} must be > 0, got {getattr(c, name)}")
+        value = getattr(c, name)
+        _check(value is None or value > 0, f"--{_flag(name)} must be > 0, got {value}")
+    _check(c.lr_w is not None, "--lr-w must be a number")
     _check(c.shuffle_buffer >= 0, f"--shuffle-buffer must be >= 0, got {c.shuffle_buffer}")
     _check(c.warmup_epochs >= 0, f"--warmup-epochs must be >= 0, got {c.warmup_epochs}")
     _check(c.retrain_epochs >= 0, f"--retrain-epochs must be >= 0, got {c.retrain_epochs}")

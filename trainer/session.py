@@ -31,8 +31,15 @@ from bionas.trainer.checkpoint import (
     restore_checkpoint,
     saved_world_size,
 )
-from bionas.trainer.config import Amp, TrainConfig, resolve_amp, resolve_device
-from bionas.trainer.data import StreamPosition, check_shards_exist
+from bionas.trainer.config import (
+    PAPER_LR_THETA,
+    Amp,
+    TrainConfig,
+    auto_lr_theta,
+    resolve_amp,
+    resolve_device,
+)
+from bionas.trainer.data import StreamPosition, check_shards_exist, epoch_length
 from bionas.trainer.distributed import SINGLE, Dist, data_parallel, rank_seed
 from bionas.trainer.encoding import Encoding, load_encoding
 from bionas.trainer.genotype import Genotype
@@ -60,6 +67,7 @@ class Session:
     val_shards: tuple[Path, ...]
     heldout: HeldOutShards | None  # with --arch-data heldout: θ steps' shards, w steps'
     dist: Dist = SINGLE
+    lr_theta: float | None = None  # θ's learning rate as resolved (`--lr-theta auto`)
 
     @property
     def run_dir(self) -> Path:
@@ -82,9 +90,12 @@ class Optimizers:
         }
 
 
-def build_optimizers(model: BioAutoMLNAS, config: TrainConfig, amp: Amp) -> Optimizers:
+def build_optimizers(
+    model: BioAutoMLNAS, config: TrainConfig, amp: Amp, lr_theta: float | None = None
+) -> Optimizers:
     """AdamW on w; Adam (coupled L2, the paper's) or AdamW on θ with DARTS' betas (0.5,
-    0.999) by default (the paper gives none); one loss scaler each."""
+    0.999) by default (the paper gives none); one loss scaler each. `lr_theta`: θ's rate
+    as resolved for the run (default: the config's, or the paper's for `auto`)."""
     w = torch.optim.AdamW(
         model.weight_parameters(), lr=config.lr_w, weight_decay=config.weight_decay_w
     )
@@ -93,7 +104,7 @@ def build_optimizers(model: BioAutoMLNAS, config: TrainConfig, amp: Amp) -> Opti
         kind = torch.optim.Adam if config.theta_optimizer == "adam" else torch.optim.AdamW
         theta = kind(
             model.arch_parameters(),
-            lr=config.lr_theta,
+            lr=lr_theta or config.lr_theta or PAPER_LR_THETA,
             betas=config.theta_betas,
             weight_decay=config.weight_decay_theta,
         )
@@ -138,6 +149,7 @@ def start_session(
         per_rank = samples // dist.world_size
         batch_size = dist.min(_pick_batch_size(config, model, encoding, device, amp, per_rank))
     has_val = config.val_split in manifest.splits
+    lr_theta = _resolve_lr_theta(config, model, heldout, samples, batch_size, dist.world_size)
     session = Session(
         config=config,
         encoding=encoding,
@@ -151,13 +163,36 @@ def start_session(
         ),
         heldout=heldout,
         dist=dist,
+        lr_theta=lr_theta,
     )
-    opts = build_optimizers(model, config, amp)
+    opts = build_optimizers(model, config, amp, lr_theta)
     # DDP copies rank 0's parameters and buffers to every rank when it is built: wrap
     # before restoring, which puts back each rank's own running statistics
     forward = data_parallel(model, dist)
     state = _start_or_restore(session, model, opts, payload)
     return session, model, forward, opts, state
+
+
+def _resolve_lr_theta(
+    config: TrainConfig,
+    model: BioAutoMLNAS,
+    heldout: HeldOutShards | None,
+    train_samples: int,
+    batch_size: int,
+    world_size: int,
+) -> float | None:
+    """θ's learning rate: the given one, or `auto_lr_theta` of the θ steps the search plans
+    (every epoch after the warm-up; --max-steps does not count, it is a stop)."""
+    if not model.arch_parameters():
+        return None
+    if config.lr_theta is not None:
+        return config.lr_theta
+    samples = heldout.w_samples if heldout else train_samples
+    steps, _ = epoch_length(samples, batch_size, bool(heldout), True, world_size)
+    theta_steps = (steps // 2) * max(config.epochs - config.warmup_epochs, 0)
+    lr = auto_lr_theta(theta_steps)
+    log.info("--lr-theta auto: %d θ steps planned -> lr %.3g", theta_steps, lr)
+    return lr
 
 
 def _resolve_dataset(
@@ -229,6 +264,7 @@ def _start_or_restore(
                 "batch_size": session.batch_size,
                 "world_size": dist.world_size,
                 "amp": session.amp.to_dict(),
+                "lr_theta": session.lr_theta,
                 "device": str(session.device),
                 **({"heldout": session.heldout.to_dict()} if session.heldout else {}),
             },

@@ -34,6 +34,16 @@ def parse_meta_fields(value: Any) -> tuple[str, ...] | None:
     return () if fields in ((), ("none",)) else fields
 
 
+def parse_lr_theta(value: Any) -> float | None:
+    """`auto` -> None (`auto_lr_theta`); otherwise a number."""
+    if str(value).strip().lower() == "auto":
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise click.BadParameter(f"{value!r} is neither 'auto' nor a number") from None
+
+
 def parse_betas(value: Any) -> tuple[float, ...]:
     """`0.5,0.999` (or a TOML list) -> (0.5, 0.999)."""
     items = value if isinstance(value, list | tuple) else str(value).split(",")
@@ -47,6 +57,7 @@ CONVERT = {
     "batch_size": parse_batch_size,
     "meta_fields": parse_meta_fields,
     "theta_betas": parse_betas,
+    "lr_theta": parse_lr_theta,
 }
 
 
@@ -123,11 +134,12 @@ CONVERT = {
 )
 @click.option(
     "--lr-theta",
-    type=float,
-    default=3e-4,
+    default="3e-4",
     show_default=True,
-    help="Learning rate of the architecture logits θ (paper: 3e-4). Short searches need "
-    "more for α to move: Adam moves each logit by at most about lr per θ step.",
+    help="Learning rate of the architecture logits θ (paper: 3e-4), or auto: 3e-4 when the "
+    "search has at least DARTS' 19,550 θ steps, else 5.865 / θ steps (the total distance "
+    "Adam could move a logit in DARTS' search, spread over the steps there are). Adam moves "
+    "a logit by at most about lr per θ step, so at 3e-4 a short search leaves α flat.",
 )
 @click.option(
     "--resume",
