@@ -121,8 +121,9 @@ CONVERT = {
     "--threads",
     type=click.IntRange(min=1),
     default=None,
-    help="Torch CPU threads of the training process [default: torch's, one per core]. "
-    "With DataLoader workers on the same cores, fewer threads avoid oversubscription.",
+    help="Torch CPU threads of the training process [default on CPU with --workers W: "
+    "the cores minus W, at least 1 (threads sharing a core with a busy worker stall each "
+    "other); else torch's, one per core].",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
