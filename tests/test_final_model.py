@@ -84,3 +84,24 @@ def test_retrain_epochs_with_a_fixed_genotype_is_refused(dataset, tmp_path):
     result = bionas("train", dataset, "--out", tmp_path / "r", "--genotype", genotype,
                     "--retrain-epochs", "1", *TINY)  # fmt: skip
     assert result.exit_code == 1 and "already trains a fixed --genotype" in result.output
+
+
+@pytest.mark.parametrize(
+    ("name", "ops"),
+    [("manual", ["dw_sep_3x3", "skip", "dw_sep_3x3"]),
+     ("pool_skip", ["max_pool_3x3", "skip", "avg_pool_3x3"])],
+)  # fmt: skip
+def test_a_builtin_cell_trains_as_a_fixed_network_over_every_cell(name, ops, dataset, tmp_path):
+    run = tmp_path / name
+    result = bionas("train", dataset, "--out", run, "--genotype", name, "--max-steps", "1", *TINY)
+    assert result.exit_code == 0, result.output
+    saved = torch.load(run / "model.pt", weights_only=True)
+    genotype = saved["model_config"]["genotype"]
+    assert [c["reduction"] for c in genotype["cells"]] == [False, True, True]  # 3 cells
+    assert ops_of(genotype) == ops * 3 and "theta" not in saved["state_dict"]
+
+
+def test_an_unknown_genotype_name_is_refused_with_the_builtin_names(dataset, tmp_path):
+    result = bionas("train", dataset, "--out", tmp_path / "r", "--genotype", "nope", *TINY)
+    assert result.exit_code == 1
+    assert "cannot use --genotype nope" in result.output and "manual, pool_skip" in result.output

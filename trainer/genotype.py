@@ -169,6 +169,34 @@ def _edge_to_dict(e: EdgeChoice) -> dict:
     return body
 
 
+# Built-in hand-designed cells, for `--genotype NAME` and as baselines of the search.
+# `manual` is the paper's E012 ("No NAS (Fixed)", Table I; the paper does not show its
+# cell): ours is a ResNet basic block in the cell's form, z1 = D3(x), z2 = SK(x) + D3(z1):
+# two stacked depthwise-separable 3x3 convs (receptive field 5) with an identity shortcut
+# (a factorized reduce in reduction cells). `pool_skip` is the worst plausible cell: no
+# learned spatial filter at all, z1 = Pm(x), z2 = SK(x) + Pa(z1).
+BUILTIN_CELLS: dict[str, dict[str, str]] = {
+    "manual": {"e1": "dw_sep_3x3", "e2a": "skip", "e2b": "dw_sep_3x3"},
+    "pool_skip": {"e1": "max_pool_3x3", "e2a": "skip", "e2b": "avg_pool_3x3"},
+}
+
+
+def uniform_genotype(ops: Mapping[str, str], reduction_flags: Sequence[bool]) -> Genotype:
+    """Every cell with the same op per edge (`ops`: edge name -> op), one-hot α."""
+    cells = tuple(
+        CellGenotype(
+            index=i,
+            reduction=bool(reduction),
+            edges=tuple(
+                EdgeChoice(name, ops[name], tuple(float(k == ops[name]) for k in OP_NAMES))
+                for name in EDGE_NAMES
+            ),
+        )
+        for i, reduction in enumerate(reduction_flags)
+    )
+    return Genotype(cells=cells)
+
+
 def edge_key(cell: int, edge: str) -> str:
     """The name of an edge in `BioAutoMLNAS.alphas()`, e.g. `cell0.e2a`."""
     return f"cell{cell}.{edge}"

@@ -28,8 +28,9 @@ from torch import Tensor
 from bionas.errors import BionasError
 from bionas.manifests.vocab import Vocab, load_vocab, vocab_filename, write_vocab
 from bionas.trainer.config import TrainConfig
+from bionas.trainer.encoder import reduction_flags
 from bionas.trainer.encoding import Encoding
-from bionas.trainer.genotype import Genotype
+from bionas.trainer.genotype import BUILTIN_CELLS, Genotype, uniform_genotype
 from bionas.trainer.logs import ALPHAS_LOG as ALPHAS_LOG
 from bionas.trainer.logs import EPOCHS_LOG as EPOCHS_LOG
 from bionas.trainer.logs import STEPS_LOG as STEPS_LOG
@@ -63,14 +64,21 @@ def model_config_from_dict(data: Mapping[str, Any]) -> ModelConfig:
     return ModelConfig(**values)
 
 
-def load_genotype(path: Path | None) -> Genotype | None:
-    """The genotype file of --genotype, or None."""
+def load_genotype(path: Path | None, cells: int = 5) -> Genotype | None:
+    """The genotype of --genotype: a file, or the name of a built-in cell (`manual`,
+    `pool_skip`) repeated over `cells` cells with DARTS' reduction placement; or None."""
     if path is None:
         return None
+    name = str(path)
+    if name in BUILTIN_CELLS and not Path(path).exists():
+        return uniform_genotype(BUILTIN_CELLS[name], reduction_flags(cells))
     try:
         return Genotype.load(path)
     except (OSError, ValueError) as err:
-        raise BionasError(f"cannot use --genotype {path}: {err}") from None
+        builtin = ", ".join(BUILTIN_CELLS)
+        raise BionasError(
+            f"cannot use --genotype {path}: {err} (a genotype.json, or a built-in cell: {builtin})"
+        ) from None
 
 
 def model_config_for(

@@ -229,7 +229,7 @@ def _resolve_dataset(
         )
     except ValueError as err:
         raise BionasError(str(err)) from None
-    genotype = load_genotype(config.genotype)
+    genotype = load_genotype(config.genotype, config.cells)
     cells = len(genotype.cells) if genotype is not None else config.cells
     config = replace(config, target=target, meta_fields=meta_fields, cells=cells)
     encoding = load_encoding(manifest, target, meta_fields)

@@ -149,9 +149,11 @@ CONVERT = {
 )
 @click.option(
     "--genotype",
-    type=FILE,
-    help="Train this fixed architecture (genotype.json from `bionas derive`) "
-    "instead of searching: every batch updates the weights.",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Train this fixed architecture instead of searching (every batch updates the "
+    "weights): a genotype.json (from `bionas derive`), or a built-in cell repeated over "
+    "--cells: `manual` (the paper's E012 hand-designed network; ours: z1 = D3(x), "
+    "z2 = SK(x) + D3(z1), a ResNet basic block) or `pool_skip` (no learned spatial filter).",
 )
 @click.option(
     "--checkpoint-every",
