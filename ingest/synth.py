@@ -52,6 +52,9 @@ FILE_KINDS = ("missing_file", "truncated_jpeg", "not_an_image", "png_named_jpg",
               "grayscale_jpeg", "cmyk_jpeg", "exif_orientation_6")  # fmt: skip
 BAD_BBOX_FLAVOURS = ("x1<=x0", "zero_area", "outside_image")
 MIN_ROWS_FOR_VARIANTS = 200
+# orders: specimens whose look follows their order; pairs: a task where the architecture's
+# operations matter (bionas.ingest.synth_pairs), for evaluating architecture search.
+TASKS = ("orders", "pairs")
 IMAGES_SUBDIR = Path("images") / "original_full"
 OUTPUT_NAMES = ("metadata.csv", "bbox.tsv", "corruptions.json", "images")
 
@@ -71,6 +74,7 @@ class SynthConfig:
     profile: str = "bioscan-5m"
     overwrite: bool = False
     progress: bool = True
+    task: str = "orders"  # see TASKS
 
     def __post_init__(self) -> None:
         if self.profile not in PROFILES:
@@ -82,6 +86,14 @@ class SynthConfig:
             raise BionasError(f"--corrupt must be >= 0, got {self.corrupt}")
         if self.workers is not None and self.workers < 1:
             raise BionasError(f"--workers must be >= 1, got {self.workers}")
+        if self.task not in TASKS:
+            raise BionasError(f"unknown --task {self.task!r}; known tasks: {', '.join(TASKS)}")
+        if self.task == "pairs" and self.profile != "bioscan-5m":
+            raise BionasError(f"--task pairs draws only the bioscan-5m layout, not --profile "
+                              f"{self.profile}; drop --profile or use --task orders")  # fmt: skip
+        if self.task == "pairs" and self.corrupt:
+            raise BionasError("--task pairs plants no bad inputs (--corrupt is for testing "
+                              "ingest's rejects); drop --corrupt or use --task orders")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -105,7 +117,11 @@ class SynthSummary:
 
 
 def generate(config: SynthConfig) -> SynthSummary:
-    """Write a synthetic dataset for `config.profile` into `config.out_dir`."""
+    """Write a synthetic dataset for `config.profile` and `config.task` into `config.out_dir`."""
+    if config.task == "pairs":
+        from bionas.ingest.synth_pairs import generate_pairs  # it imports this module
+
+        return generate_pairs(config)
     return PROFILES[config.profile](config)
 
 
@@ -213,7 +229,7 @@ def _first_chunk(taxonomy: Taxonomy, config: SynthConfig, folders: int) -> tuple
     """The first chunk's rows, where the small-set guarantees and every planted row live."""
     rows = sample_rows(taxonomy, config.seed, 0, 0, min(config.n, CHUNK_ROWS), folders, 0)
     rng = np.random.default_rng([config.seed, 0xC0FFEE])
-    _guarantee_small_sets(rows, config.n, rng)
+    guarantee_small_sets(rows, config.n, rng)
     plan = _plan_special_rows(rows, config.corrupt, config.n, rng)
     _apply_special_rows(rows, plan)
     return rows, plan
@@ -269,7 +285,7 @@ def _mask(size: int, positions: np.ndarray | None) -> np.ndarray:
     return mask
 
 
-def _guarantee_small_sets(rows: Rows, n: int, rng: np.random.Generator) -> None:
+def guarantee_small_sets(rows: Rows, n: int, rng: np.random.Generator) -> None:
     """Give train/val/test a few specimens and one row an empty order, even for a small n."""
     minimum = int(np.clip(n // 100, 1, 10))
     for split in (1, 2, 3):  # train, val, test

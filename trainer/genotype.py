@@ -279,6 +279,6 @@ def render(genotype: Genotype) -> str:
             f"{len(ties)} of {edges} edges are near ties (the kept op's α is less than "
             f"{NEAR_TIE - 1:.0%} above the next op's; an even share is {1 / len(OP_NAMES):.3f}): "
             "the search has not decided them and the op kept there is close to arbitrary. "
-            "Search longer or with a higher --lr-theta."
+            "Search longer, or with a higher --lr-theta (or --lr-theta auto)."
         )
     return "\n".join(lines) + "\n"

@@ -22,6 +22,10 @@ import click
               help="Processes drawing images (default: all cores); output does not depend on it.")  # fmt: skip
 @click.option("--profile", default="bioscan-5m", show_default=True,
               help="Dataset layout to imitate: bioscan-5m or insects-1m.")  # fmt: skip
+@click.option("--task", type=click.Choice(["orders", "pairs"]), default="orders",
+              show_default=True, help="orders: specimens whose look follows their order. pairs: "
+              "4 classes told apart only by the angle of a dot pair, for evaluating "
+              "architecture search (bioscan-5m only).")  # fmt: skip
 @click.option("--overwrite", is_flag=True,
               help="Replace the metadata, bbox, corruptions.json and images of an earlier run.")  # fmt: skip
 @click.option("--quiet", is_flag=True, help="No progress bars.")
@@ -33,6 +37,7 @@ def command(
     images: bool,
     workers: int | None,
     profile: str,
+    task: str,
     overwrite: bool,
     quiet: bool,
 ) -> None:
@@ -52,12 +57,21 @@ def command(
     long-tailed orders (at --n 1017036: 38 with >= 500 images, 16 below), optional deep
     ranks, spiders and other arachnids; shared orders look as in bioscan-5m.
 
+    --task pairs (bioscan-5m layout): the order column holds pair_000, pair_030, pair_060
+    or pair_090 (balanced), the angle of two identical dark dots on a noisy floor; no
+    other column carries the class. Cells of pooling, skip, 1x1 conv and SE cannot tell 0
+    from 90 degrees (nor 30 from 60) on a transpose-symmetric stem, learned kxk convs can:
+    a NAS search should find them.
+
     \b
     Examples:
       bionas synth data/ --n 2000 --corrupt 2
       bionas ingest data/metadata.csv --images data/images/original_full \\
              --bbox data/bbox.tsv --out ds/
       bionas synth big/ --n 5150850 --no-images     # a full-size metadata CSV
+      bionas synth pairs/ --task pairs --n 6000
+      bionas ingest pairs/metadata.csv --images pairs/images/original_full \\
+             --bbox pairs/bbox.tsv --size 64 --min-class-count 1 --out ds-pairs/
       bionas synth i1m/ --profile insects-1m --n 3000
       bionas ingest i1m/metadata.csv --images i1m/images --profile insects-1m \\
              --split-source random --out ds-i1m/
@@ -66,10 +80,11 @@ def command(
 
     config = SynthConfig(out_dir=out_dir, n=n, seed=seed, corrupt=corrupt, images=images,
                          workers=workers, profile=profile, overwrite=overwrite,
-                         progress=not quiet)  # fmt: skip
+                         progress=not quiet, task=task)  # fmt: skip
     summary = generate(config)
     duplicates = summary.n_metadata_rows - summary.n_specimens
-    click.echo(f"Wrote a synthetic {profile} dataset to {summary.out_dir}/")
+    kind = f"{profile} pairs" if task == "pairs" else profile
+    click.echo(f"Wrote a synthetic {kind} dataset to {summary.out_dir}/")
     click.echo(f"  metadata.csv      {summary.n_metadata_rows:,} rows "
                f"({summary.n_specimens:,} specimens + {duplicates} duplicated)")  # fmt: skip
     if summary.bbox_tsv is not None:
@@ -86,4 +101,5 @@ def command(
         click.echo(f"  splits: {splits}")
     top = list(summary.order_counts.items())
     orders = ", ".join(f"{k} {v:,}" for k, v in top[:5])
-    click.echo(f"  orders: {len(top)} labelled ({orders}, ...)")
+    more = ", ..." if len(top) > 5 else ""
+    click.echo(f"  orders: {len(top)} labelled ({orders}{more})")
