@@ -95,6 +95,7 @@ class TrainConfig:
     theta_optimizer: str = "adam"  # "adamw": decoupled weight decay on θ
     theta_betas: tuple[float, float] = (0.5, 0.999)  # DARTS' (paper silent); torch's 0.9 before
     search_bn_affine: bool = False  # learnable BN affine in the supernet's ops (DARTS: no)
+    stem: str = "learned"  # "transpose_symmetric": an experimental control (trainer.encoder)
     grad_clip: float = 1.0
     label_smoothing: float = 0.1
     warmup_epochs: int = 0  # epochs of weight-only steps before the search starts
@@ -189,6 +190,7 @@ def _validate(c: TrainConfig) -> None:
         ("arch_data", ARCH_DATA),
         ("device", DEVICES),
         ("dilated", DILATED),
+        ("stem", ("learned", "transpose_symmetric")),
     ):
         value = getattr(c, name)
         _check(value in choices, f"--{_flag(name)} must be one of {choices}, got {value!r}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from bionas.trainer.cell import FixedCell, SearchCell
 from bionas.trainer.genotype import Genotype
@@ -24,16 +25,39 @@ def reduction_flags(cells: int) -> tuple[bool, ...]:
     return tuple(i in at for i in range(cells))
 
 
-def stem(channels: int) -> nn.Sequential:
-    """Two 3x3 conv (stride 2) -> BN -> ReLU: 224 px -> 56 px."""
-    return nn.Sequential(
+STEMS = ("learned", "transpose_symmetric")
+
+
+class TransposeSymmetric(nn.Module):
+    """A parametrization: kernel w -> (w + wᵀ)/2 over its two spatial axes."""
+
+    def forward(self, weight: Tensor) -> Tensor:
+        return (weight + weight.transpose(-1, -2)) / 2
+
+
+def stem(channels: int, kind: str = "learned") -> nn.Sequential:
+    """Two 3x3 conv (stride 2) -> BN -> ReLU: 224 px -> 56 px.
+
+    `transpose_symmetric` constrains both kernels to w = wᵀ, so the stem cannot tell a
+    structure from its mirror image across the diagonal (x <-> y): a control for
+    architecture-search experiments (`bionas synth --task pairs`), where only the searched
+    cells may see orientation. A free 3x3 stem can learn detectors that fire beside a dot
+    in a chosen direction, and then pooling cells solve orientation tasks as well as
+    convolutions do (measured: 100% either way).
+    """
+    if kind not in STEMS:
+        raise ValueError(f"stem must be one of {STEMS}, got {kind!r}")
+    convs = [
         nn.Conv2d(3, channels, 3, stride=2, padding=1, bias=False),
-        nn.BatchNorm2d(channels),
-        nn.ReLU(),
         nn.Conv2d(channels, channels, 3, stride=2, padding=1, bias=False),
-        nn.BatchNorm2d(channels),
-        nn.ReLU(),
-    )
+    ]
+    if kind == "transpose_symmetric":
+        for conv in convs:
+            parametrize.register_parametrization(conv, "weight", TransposeSymmetric())
+    return nn.Sequential(
+        convs[0], nn.BatchNorm2d(channels), nn.ReLU(),
+        convs[1], nn.BatchNorm2d(channels), nn.ReLU(),
+    )  # fmt: skip
 
 
 class ImageEncoder(nn.Module):
@@ -52,12 +76,13 @@ class ImageEncoder(nn.Module):
         dilated: str = "full",
         genotype: Genotype | None = None,
         search_bn_affine: bool = False,
+        stem_kind: str = "learned",
     ) -> None:
         super().__init__()
         self.searchable = genotype is None
         flags = reduction_flags(cells) if genotype is None else genotype.reduction_flags
         self.reduction_flags = flags
-        self.stem = stem(channels)
+        self.stem = stem(channels, stem_kind)
         self.cells = nn.ModuleList()
         C = channels
         for i, reduction in enumerate(flags):

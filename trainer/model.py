@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor, nn
 
-from bionas.trainer.encoder import ImageEncoder
+from bionas.trainer.encoder import STEMS, ImageEncoder
 from bionas.trainer.fusion import FUSIONS
 from bionas.trainer.genotype import EDGE_NAMES, Genotype, derive, edge_key
 from bionas.trainer.metadata import MetadataEncoder
@@ -41,6 +41,7 @@ class ModelConfig:
     # learnable BN affine inside the supernet's candidate ops (DARTS: none); runs written
     # before bionas 0.2 searched with it and load with True
     search_bn_affine: bool = False
+    stem: str = "learned"  # or "transpose_symmetric" (an experimental control, see encoder)
 
     def __post_init__(self) -> None:
         for name in ("num_classes", "channels", "cells", "embed_dim", "meta_embed_dim"):
@@ -50,6 +51,8 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.dropout must be in [0, 1), got {self.dropout}")
         if self.fusion not in FUSIONS:
             raise ValueError(f"unknown fusion {self.fusion!r}; choose from {sorted(FUSIONS)}")
+        if self.stem not in STEMS:
+            raise ValueError(f"stem must be one of {STEMS}, got {self.stem!r}")
         if self.dilated not in DILATED_VARIANTS:
             raise ValueError(f"dilated must be one of {DILATED_VARIANTS}, got {self.dilated!r}")
         if self.genotype is not None and len(self.genotype.cells) != self.cells:
@@ -71,6 +74,7 @@ class BioAutoMLNAS(nn.Module):
             dilated=cfg.dilated,
             genotype=cfg.genotype,
             search_bn_affine=cfg.search_bn_affine,
+            stem_kind=cfg.stem,
         )
         with_meta = bool(cfg.meta_cardinalities)
         self.metadata_encoder = (

@@ -99,6 +99,7 @@ def model_config_for(
             prune_threshold=config.prune_threshold,
             genotype=genotype,
             search_bn_affine=config.search_bn_affine,
+            stem=config.stem,
         )
     except ValueError as err:
         raise BionasError(f"invalid model options: {err}") from None

@@ -193,6 +193,15 @@ CONVERT = {
     help="adam: coupled L2 on θ (paper); adamw: decoupled.",
 )
 @click.option(
+    "--stem",
+    type=click.Choice(["learned", "transpose_symmetric"]),
+    default="learned",
+    show_default=True,
+    help="transpose_symmetric: stem kernels constrained to w = wᵀ, so only the cells can "
+    "tell a structure from its mirror image across the diagonal; a control for search "
+    "experiments on `bionas synth --task pairs` (see BENCHMARKS.md), not for real data.",
+)
+@click.option(
     "--theta-betas",
     default="0.5,0.999",
     show_default=True,
