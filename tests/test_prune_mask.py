@@ -67,3 +67,21 @@ def test_loading_a_state_dict_refreshes_the_mask():
     model.load_state_dict(state)
     assert model.prune_mask()[1][2][OP_NAMES.index("se")] is False
     assert sum(not a for cell in model.prune_mask() for edge in cell for a in edge) == 1
+
+
+def test_a_theta_step_refreshes_the_mask_before_the_next_forward(count_tolist):
+    from bionas.trainer.config import Amp, TrainConfig
+    from bionas.trainer.session import build_optimizers
+    from bionas.trainer.step import train_step
+
+    torch.manual_seed(0)
+    model = build_model(TINY)
+    config = TrainConfig(dataset_dir="d", run_dir="r", lr_theta=0.5)
+    opts = build_optimizers(model, config, Amp(False, torch.float32, "cpu"))
+    labels = torch.tensor([0, 1])
+    meta = torch.zeros(2, 0, dtype=torch.long)
+    train_step(model, images(), meta, labels, "theta", opts, Amp(False, torch.float32, "cpu"))
+    copies = len(count_tolist)
+    assert copies == 2  # the forward's (θ as built), then the refresh after the step
+    model(images())  # the next forward finds the mask current
+    assert len(count_tolist) == copies

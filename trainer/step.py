@@ -79,6 +79,8 @@ def train_step(
     grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
     scaler.step(optimizer)
     scaler.update()
+    if kind == "theta":
+        model.prune_mask()  # θ changed: refresh the mask here, not in the next forward
     with torch.no_grad():
         for buffer, saved in running_stats:
             buffer.copy_(saved)
