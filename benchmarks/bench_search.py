@@ -2,8 +2,10 @@
 manual), on a task where the right operations are known in advance.
 
 Data: `bionas synth --task pairs` (classes differ only in the angle of a pair of dots,
-which pooling, skip, 1x1 conv and SE cannot see; learned kxk kernels can), through the
-normal `bionas ingest`. Image-only (`--meta-fields none`): the metadata carries no class.
+0/30/60/90 degrees; pooling, skip, 1x1 conv and SE cannot tell a from 90 - a, learned kxk
+kernels can), through the normal `bionas ingest`. Image-only (`--meta-fields none`): the
+metadata carries no class. The stem is `--stem transpose_symmetric` (a free 3x3 stem lets
+pooling cells solve the task too: measured with `--stem learned`).
 
     1. search: the supernet, several seeds; alphas.jsonl gives the α mass on the useful
        ops (dw_sep_3x3/5x5, dil_conv_3x3/5x5) against the useless ones, per epoch
@@ -13,8 +15,10 @@ normal `bionas ingest`. Image-only (`--meta-fields none`): the metadata carries 
     3. each candidate trained from scratch with the same budget (epochs, batch, lr) and
        evaluated on the test split
 
-Usage:
-    python benchmarks/bench_search.py [--quick] [--seeds 3] [--random 8] [--jobs 2]
+Usage (each row of BENCHMARKS.md section 10 is one of these):
+    python benchmarks/bench_search.py [--quick] [--n 1600] [--search-epochs 6]
+        [--retrain-epochs 4] [--seeds 3] [--random 12] [--lr-theta auto]
+        [--theta-optimizer adam] [--stem transpose_symmetric] [--jobs 2]
 
 The retraining runs `--jobs` processes at once with one torch thread each.
 """
@@ -24,8 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
@@ -33,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _common_data import run_bionas as bionas
+from _common_data import synth_once
 from reporting import OUT_DIR, code_version, format_table, machine_line
 
 from bionas.trainer.genotype import BUILTIN_CELLS, EDGE_NAMES, Genotype, derive
@@ -44,34 +48,34 @@ USELESS = tuple(op for op in OP_NAMES if op not in USEFUL)
 
 @dataclass(frozen=True)
 class Budget:
-    n: int = 6000  # synthetic photos
+    """The default is the small budget of BENCHMARKS.md section 10 (1,110 training photos,
+    4 retraining epochs); `--n 3000` and `--n 6000 --search-epochs 10 --retrain-epochs 10`
+    are its other rows, where most genotypes with a learned kxk conv reach the ceiling."""
+
+    n: int = 1600  # synthetic photos (70% train)
     ingest_size: int = 64
     image_size: int = 48
     channels: int = 8
     cells: int = 3
     batch_size: int = 32
-    search_epochs: int = 10
-    retrain_epochs: int = 10
+    search_epochs: int = 6
+    retrain_epochs: int = 4
     lr_theta: str = "auto"
+    theta_optimizer: str = "adam"
     warmup_epochs: int = 0
     stem: str = "transpose_symmetric"  # with a free stem, pooling cells solve the task too
-    seeds: int = 3
-    random: int = 8
+    seeds: int = 3  # searches; each derived genotype, manual and pool_skip are retrained
+    retrain_seeds: int = 2  # with this many seeds each (the seed spread)
+    random: int = 12  # random genotypes, one retraining each
 
 
-QUICK = Budget(n=1600, search_epochs=4, retrain_epochs=4, seeds=2, random=4)
-
-
-def bionas(*args: Any) -> None:
-    subprocess.run([sys.executable, "-m", "bionas", *map(str, args)], check=True,
-                   stdout=subprocess.DEVNULL)  # fmt: skip
+QUICK = Budget(n=1600, search_epochs=4, retrain_epochs=4, seeds=2, retrain_seeds=1, random=4)
 
 
 def make_dataset(budget: Budget, out: Path) -> Path:
     """synth --task pairs -> ingest, once per (n, size)."""
-    data, dataset = out / f"pairs-{budget.n}", out / f"pairs-{budget.n}-ds{budget.ingest_size}"
-    if not (data / "metadata.csv").exists():
-        bionas("synth", data, "--task", "pairs", "--n", budget.n, "--seed", 0, "--quiet")
+    data = synth_once(out / f"pairs-{budget.n}", budget.n, "--task", "pairs", "--seed", 0)
+    dataset = out / f"pairs-{budget.n}-ds{budget.ingest_size}"
     if not (dataset / "manifest.json").exists():
         bionas("ingest", data / "metadata.csv", "--images", data / "images" / "original_full",
                "--bbox", data / "bbox.tsv", "--out", dataset, "--size", budget.ingest_size,
@@ -93,7 +97,8 @@ def search(job: tuple[Budget, Path, Path, int]) -> dict[str, Any]:
     started = time.perf_counter()
     if not (run / "genotype.json").exists():
         bionas(*train_args(budget, dataset, run, seed), "--epochs", budget.search_epochs,
-               "--lr-theta", budget.lr_theta, "--warmup-epochs", budget.warmup_epochs)  # fmt: skip
+               "--lr-theta", budget.lr_theta, "--warmup-epochs", budget.warmup_epochs,
+               "--theta-optimizer", budget.theta_optimizer)  # fmt: skip
         bionas("derive", run)
     history = [json.loads(line) for line in (run / "alphas.jsonl").read_text().splitlines()]
     return {"seed": seed, "seconds": time.perf_counter() - started,
@@ -139,7 +144,17 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, float]:
     accs = [r["accuracy"] for r in rows]
     return {"n": len(accs), "mean": statistics.fmean(accs), "median": statistics.median(accs),
             "min": min(accs), "max": max(accs),
-            "std": statistics.stdev(accs) if len(accs) > 1 else 0.0}  # fmt: skip
+            "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+            "seed_std": seed_spread(rows)}  # fmt: skip
+
+
+def seed_spread(rows: list[dict[str, Any]]) -> float | None:
+    """Mean over genotypes of the std of one genotype's accuracy over retraining seeds."""
+    by_genotype: dict[str, list[float]] = {}
+    for r in rows:
+        by_genotype.setdefault(" ".join(r["ops"]), []).append(r["accuracy"])
+    spreads = [statistics.stdev(a) for a in by_genotype.values() if len(a) > 1]
+    return statistics.fmean(spreads) if spreads else None
 
 
 def main() -> None:
@@ -147,9 +162,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--seeds", type=int)
     parser.add_argument("--random", type=int)
+    parser.add_argument("--retrain-seeds", type=int)
     parser.add_argument("--search-epochs", type=int)
     parser.add_argument("--retrain-epochs", type=int)
     parser.add_argument("--lr-theta")
+    parser.add_argument("--theta-optimizer", choices=["adam", "adamw"])
     parser.add_argument("--warmup-epochs", type=int)
     parser.add_argument("--n", type=int)
     parser.add_argument("--stem")
@@ -169,19 +186,20 @@ def main() -> None:
     with ProcessPoolExecutor(args.jobs) as pool:
         searches = list(pool.map(search, [(budget, dataset, out / f"search-s{s}", s)
                                           for s in range(budget.seeds)]))  # fmt: skip
-        jobs = [(budget, dataset, out / f"searched-s{r['seed']}", r["genotype"], r["seed"])
-                for r in searches]  # fmt: skip
+        jobs = [(budget, dataset, out / f"searched-s{r['seed']}-r{k}", r["genotype"], k)
+                for r in searches for k in range(budget.retrain_seeds)]  # fmt: skip
         rng = np.random.default_rng(1234)
         for i in range(budget.random):
             path = out / f"random-{i}.json"
             random_genotype(rng, budget.cells).save(path)
-            jobs.append((budget, dataset, out / f"random-{i}", str(path), 0))
+            jobs.append((budget, dataset, out / f"random-{i}-r0", str(path), 0))
         for name in BUILTIN_CELLS:
-            jobs += [(budget, dataset, out / f"{name}-s{s}", name, s) for s in range(budget.seeds)]
+            jobs += [(budget, dataset, out / f"{name}-r{k}", name, k)
+                     for k in range(budget.seeds * budget.retrain_seeds)]  # fmt: skip
         results = list(pool.map(retrain, jobs))
     kinds = {"searched": [], "random": [], "manual": [], "pool_skip": []}
     for job, result in zip(jobs, results, strict=True):
-        kinds[Path(job[2]).name.rsplit("-", 1)[0]].append(result)
+        kinds[Path(job[2]).name.split("-")[0]].append(result)
     report(budget, searches, kinds, time.perf_counter() - started, out)
 
 
@@ -193,14 +211,15 @@ def report(budget: Budget, searches: list, kinds: dict, seconds: float, out: Pat
     for kind, results in kinds.items():
         stats = summary(results)
         useful = statistics.fmean(r["useful_ops"] for r in results)
+        seed = "-" if stats["seed_std"] is None else f"{stats['seed_std']:.3f}"
         rows.append([kind, stats["n"], f"{stats['mean']:.3f} ± {stats['std']:.3f}",
-                     f"{stats['median']:.3f}", f"{stats['min']:.3f}-{stats['max']:.3f}",
+                     f"{stats['median']:.3f}", f"{stats['min']:.3f}-{stats['max']:.3f}", seed,
                      f"{useful:.1f} / {results[0]['edges']}"])  # fmt: skip
     print()
     print(format_table(["genotypes", "runs", "test acc mean ± std", "median", "range",
-                          "useful ops"], rows))  # fmt: skip
+                        "seed std", "useful ops"], rows))  # fmt: skip
     for kind in ("searched", "random"):
-        for r in kinds[kind]:
+        for r in sorted(kinds[kind], key=lambda r: r["run"]):
             print(f"  {Path(r['run']).name}: {r['accuracy']:.3f}  {' '.join(r['ops'])}")
     body = {"budget": vars(budget), "searches": searches, "results": kinds,
             "seconds": seconds, "machine": machine_line(), "commit": code_version()}  # fmt: skip
