@@ -32,7 +32,9 @@ def command(out: Path, **options) -> None:
     Takes a few minutes on 2 CPU cores, needs no download, and prints where every
     output is: shards and manifest, the search run (logs, checkpoints, α), the derived
     genotype, the final model trained from scratch on it, metrics.json and the plots.
-    The search uses --lr-theta auto (a short search at the paper's 3e-4 leaves α flat).
+    The search uses --lr-theta auto (a short search at the paper's 3e-4 leaves α flat)
+    and --theta-optimizer adamw (Adam's coupled decay pulls a short search's α back to
+    uniform once the task is learnt; see BENCHMARKS.md §10).
 
     \b
     Examples:
