@@ -168,3 +168,37 @@ def test_a_mid_epoch_position_of_an_older_bionas_still_resumes(config, caplog):
         history = train(replace(config, resume=True, max_steps=None))
     assert [h["steps"] for h in history] == [8, 8]
     assert "older bionas" in caplog.text
+
+
+def test_a_run_started_before_the_vocabulary_cut_resumes_with_its_own_vocabularies(
+    config, monkeypatch
+):
+    import json
+
+    import bionas.trainer.session as session
+    from bionas.manifests.vocab import load_vocab
+
+    # a dna_bin vocabulary with a value no train sample has (as `bionas vocab` may write)
+    dataset = config.dataset_dir
+    vocab = load_vocab(dataset / "manifests/vocab_dna_bin.json")
+    counts = {**dict(zip(vocab.values[1:], vocab.counts[1:], strict=True)), "BOLD:VALONLY": 3}
+    path = write_vocab(build_vocab("dna_bin", counts), dataset / "manifests")
+    body = dict(load_manifest(dataset).body)
+    body["vocabs"] = {**body["vocabs"], "dna_bin": {"file": f"manifests/{path.name}",
+                      "sha256": build_vocab("dna_bin", counts).sha256}}  # fmt: skip
+    body.pop("schema")
+    write_manifest(dataset, body)
+    # bionas 0.1 used the dataset's feature vocabularies as they were (no cut to train values)
+    with monkeypatch.context() as old:
+        old.setattr(session, "restrict_to_train", lambda encoding, manifest, cache: encoding)
+        train(replace(config, max_steps=2))
+    path = config.run_dir / "config.json"
+    body = json.loads(path.read_text())
+    body.pop("dataset_vocab_sha256")  # 0.1's config.json did not record it
+    path.write_text(json.dumps(body))
+    sizes = {k: v.shape for k, v in torch.load(config.run_dir / "model.pt")["state_dict"].items()
+             if "embeddings" in k}  # fmt: skip
+    train(replace(config, resume=True, max_steps=4))
+    resumed = torch.load(config.run_dir / "model.pt")["state_dict"]
+    assert {k: resumed[k].shape for k in sizes} == sizes
+    assert [r["step"] for r in read_jsonl(config.run_dir / "steps.jsonl")][-1] == 4

@@ -213,6 +213,8 @@ def test_predict_prints_top_k_classes_as_json(trained, tmp_path):
         assert {t["class"] for t in top} <= set(config["class_names"])
     assert body["meta"]["dna_bin"]["known"] is True
     assert body["meta"]["class"] == {"value": "Nope", "index": 0, "known": False}
+    # a search run: the supernet answers, and the output says so (the final model is apart)
+    assert body["network"] == "supernet" and "search run" in result.stderr
 
 
 def test_predict_with_a_bbox_sees_what_ingest_would_crop(trained, tmp_path):

@@ -105,3 +105,50 @@ def test_an_unknown_genotype_name_is_refused_with_the_builtin_names(dataset, tmp
     result = bionas("train", dataset, "--out", tmp_path / "r", "--genotype", "nope", *TINY)
     assert result.exit_code == 1
     assert "cannot use --genotype nope" in result.output and "manual, pool_skip" in result.output
+
+
+def test_adding_search_epochs_after_a_final_model_refuses_when_the_genotype_moved(
+    dataset, tmp_path, monkeypatch
+):
+    run = tmp_path / "run"
+    assert bionas("train", dataset, "--out", run, "--epochs", "1", "--retrain-epochs", "1",
+                  *TINY).exit_code == 0  # fmt: skip
+    before = (run / "genotype.json").read_text()
+    # the search goes on and now derives another genotype (forced: every edge's argmax moves)
+    import bionas.trainer.final as final
+
+    real = final.load_trained
+
+    def moved(path):
+        trained = real(path)
+        with torch.no_grad():
+            trained.model.theta[..., OP_NAMES.index("se")] += 50.0
+        return trained
+
+    monkeypatch.setattr(final, "load_trained", moved)
+    result = bionas("train", dataset, "--out", run, "--resume", "--epochs", "2",
+                    "--retrain-epochs", "2")  # fmt: skip
+    assert result.exit_code == 1 and "trained on the genotype the search derived" in result.output
+    assert (run / "genotype.json").read_text() == before  # nothing rewritten
+
+
+def test_the_final_stage_resumes_from_a_moved_run_dir(dataset, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    assert bionas("train", dataset, "--out", run, "--epochs", "1", "--retrain-epochs", "1",
+                  *TINY).exit_code == 0  # fmt: skip
+    moved = tmp_path / "elsewhere" / "run"
+    shutil.copytree(run, moved)
+    result = bionas("train", dataset, "--out", moved, "--resume", "--retrain-epochs", "2")
+    assert result.exit_code == 0, result.output
+    assert [e["epoch"] for e in read_jsonl(moved / "final/epochs.jsonl")] == [1, 2]
+
+
+def test_resuming_a_fixed_run_with_another_genotype_is_refused(dataset, tmp_path):
+    run = tmp_path / "fixed"
+    ok = bionas("train", dataset, "--out", run, "--genotype", "manual", "--epochs", "1", *TINY)
+    assert ok.exit_code == 0, ok.output
+    result = bionas("train", dataset, "--out", run, "--resume", "--genotype", "pool_skip",
+                    "--epochs", "2")  # fmt: skip
+    assert result.exit_code == 1 and "its genotype is not the one" in result.output

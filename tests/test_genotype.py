@@ -5,8 +5,10 @@ import json
 import pytest
 import torch
 
+from bionas.errors import BionasError
 from bionas.trainer.genotype import Genotype, derive, render
 from bionas.trainer.ops import OP_NAMES
+from bionas.trainer.run import load_genotype
 
 K = len(OP_NAMES)
 
@@ -199,5 +201,15 @@ def test_a_hand_written_genotype_with_a_node_cut_from_the_input_is_refused(ops, 
     path = tmp_path / "dead.json"
     cells = [{"index": 0, "reduction": False, "edges": edges}]
     path.write_text(json.dumps({"format": "bionas.genotype/1", "cells": cells}))
-    with pytest.raises(ValueError, match=rf"dead\.json: cell 0: node\(s\) {dead} cut"):
-        Genotype.load(path)
+    with pytest.raises(BionasError, match=rf"dead\.json: cell 0: node\(s\) {dead} cut"):
+        load_genotype(path)
+    assert Genotype.load(path).cells[0].unreachable_nodes()  # a trained run still loads
+
+
+def test_a_restored_edge_whose_nonzero_ops_are_even_is_a_near_tie():
+    rows = alphas_for([("zero", "skip", "se")])
+    rows["cell0.e1"] = [0.5 if n == "zero" else 0.5 / (K - 1) for n in OP_NAMES]
+    genotype = derive(rows, [False])
+    e1 = genotype.cells[0].edges[0]
+    assert e1.restored and e1.runner_up[0] != "zero" and e1.near_tie
+    assert genotype.near_ties == ["cell0.e1"]

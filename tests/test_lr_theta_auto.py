@@ -45,3 +45,33 @@ def test_a_run_with_auto_steps_theta_at_the_rate_of_its_planned_theta_steps(tmp_
     config = json.loads((run / "config.json").read_text())
     assert config["lr_theta"] == pytest.approx(expected)
     assert config["train_config"]["lr_theta"] is None  # stays "auto" for --resume
+
+
+def test_a_resumed_auto_run_keeps_and_reports_the_rate_it_ran_at(tmp_path):
+    dataset = make_tiny_dataset(tmp_path / "ds", n=48, shards_per_split=3)
+    run = tmp_path / "run"
+
+    def bionas(*args):
+        return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+    first = bionas("train", dataset, "--out", run, "--epochs", "1", "--lr-theta", "auto", *TINY)
+    assert first.exit_code == 0, first.output
+    rate = json.loads((run / "config.json").read_text())["lr_theta"]
+    result = bionas("train", dataset, "--out", run, "--resume", "--epochs", "3")
+    assert result.exit_code == 0, result.output
+    assert json.loads((run / "config.json").read_text())["lr_theta"] == pytest.approx(rate)
+    theta = [s["lr"] for s in read_jsonl(run / "steps.jsonl") if s["kind"] == "theta"]
+    assert theta == [pytest.approx(rate)] * len(theta) and len(theta) == 9
+
+
+def test_an_all_warmup_run_plans_no_theta_step_and_gets_the_papers_rate(tmp_path):
+    dataset = make_tiny_dataset(tmp_path / "ds", n=48, shards_per_split=3)
+    run = tmp_path / "run"
+    result = CliRunner().invoke(
+        main,
+        ["train", str(dataset), "--out", str(run), "--epochs", "1", "--warmup-epochs", "1",
+         "--lr-theta", "auto", *TINY],
+        catch_exceptions=False,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads((run / "config.json").read_text())["lr_theta"] == 3e-4

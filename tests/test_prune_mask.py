@@ -85,3 +85,25 @@ def test_a_theta_step_refreshes_the_mask_before_the_next_forward(count_tolist):
     assert copies == 2  # the forward's (θ as built), then the refresh after the step
     model(images())  # the next forward finds the mask current
     assert len(count_tolist) == copies
+
+
+def test_a_theta_update_that_leaves_the_version_counter_still_refreshes_the_mask():
+    """Fused optimisers and `.data` writes do not move θ's version counter."""
+    from bionas.trainer.config import Amp
+    from bionas.trainer.session import Optimizers
+    from bionas.trainer.step import train_step
+
+    class DataWriter(torch.optim.SGD):  # stands in for a fused optimiser
+        def step(self, closure=None):
+            for p in self.param_groups[0]["params"]:
+                p.data[0, 0, OP_NAMES.index("se")] = -80.0
+
+    torch.manual_seed(0)
+    model = build_model(TINY)
+    cpu = Amp(False, torch.float32, "cpu")
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    w = torch.optim.SGD(model.weight_parameters(), lr=0.0)
+    opts = Optimizers(w, DataWriter([model.theta], lr=0.1), scaler, scaler)
+    meta = torch.zeros(2, 0, dtype=torch.long)
+    train_step(model, images(), meta, torch.tensor([0, 1]), "theta", opts, cpu)
+    assert model.prune_mask()[0][0][OP_NAMES.index("se")] is False

@@ -32,3 +32,25 @@ def test_running_statistics_become_the_average_over_every_batch_and_weights_stay
     torch.testing.assert_close(model.bn.running_var, variances)
     assert model.bn.momentum == 0.1 and not model.training
     assert model.scale.item() == 1.0 and model.scale.grad is None
+
+
+def test_no_batch_or_a_failing_reader_leaves_the_inherited_statistics():
+    torch.manual_seed(0)
+    model = BnOnly()
+    model.bn.running_mean.fill_(5.0)
+    model.bn.running_var.fill_(2.0)
+    assert recalibrate_batchnorm(model, iter([]), "cpu") == 0
+
+    def failing():
+        yield torch.randn(4, 3, 5, 5), torch.zeros(4, 0)
+        raise OSError("shard vanished")
+
+    try:
+        recalibrate_batchnorm(model, failing(), "cpu")
+    except OSError:
+        pass
+    else:
+        raise AssertionError("the reader's error must reach the caller")
+    assert model.bn.running_mean.tolist() == [5.0] * 3
+    assert model.bn.running_var.tolist() == [2.0] * 3
+    assert model.bn.momentum == 0.1 and not model.training

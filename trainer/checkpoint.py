@@ -279,6 +279,18 @@ def _check_stream_positions(state: Mapping[str, Any], config: TrainConfig) -> No
         )  # fmt: skip
 
 
+def check_architecture(payload: Mapping[str, Any], architecture: Any, run_dir: Path) -> None:
+    """Refuse to resume a fixed network with another genotype than it was trained with (the
+    path may differ: a moved run, or `--out` spelt otherwise). Checkpoints written before
+    the architecture was recorded are not checked."""
+    if "architecture" not in payload or payload["architecture"] == architecture:
+        return
+    raise BionasError(
+        f"cannot resume {run_dir}: its genotype is not the one the checkpointed run trained "
+        "(another op on some edge). Pass the original genotype, or start a new run."
+    )
+
+
 def stored_config(run_dir: Path) -> dict[str, Any]:
     """The options a run was checkpointed with (what `--resume` continues with)."""
     return {**LEGACY_DEFAULTS, **load_checkpoint(Path(run_dir) / CHECKPOINT)["config"]}

@@ -54,6 +54,7 @@ RESUMABLE_OVERRIDES = frozenset(
         "resume",
         "dataset_dir",
         "run_dir",
+        "genotype",  # a path: the architecture it holds is compared instead (checkpoint)
     }
 )
 

@@ -13,6 +13,7 @@ mixture. Both stages checkpoint; `--resume` continues whichever one was interrup
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import replace
 from pathlib import Path
@@ -22,8 +23,9 @@ from bionas.errors import BionasError
 from bionas.trainer.config import TrainConfig
 from bionas.trainer.derive import GENOTYPE_JSON, derive_run
 from bionas.trainer.distributed import SINGLE, Dist
+from bionas.trainer.genotype import architecture_of
 from bionas.trainer.loop import StepHook, train
-from bionas.trainer.run import CHECKPOINT
+from bionas.trainer.run import CHECKPOINT, CONFIG_NAME, load_trained, model_config_from_dict
 
 log = logging.getLogger(__name__)
 
@@ -68,14 +70,32 @@ def search_and_retrain(
     if len(histories["search"]) < config.epochs:
         log.warning("the search stopped before its last epoch: no final model (resume it)")
         return histories
+    final = final_config(config)
+    refuse_a_final_of_another_genotype(config.run_dir, final.run_dir)  # on every rank
     if dist.is_main:
         derived = derive_run(config.run_dir)
         notify({"stage": "derive", "genotype": str(derived.json_path), "text": derived.text})
     dist.barrier()  # every rank reads the genotype rank 0 wrote
-    final = final_config(config)
     notify({"stage": "final", "run_dir": str(final.run_dir), "epochs": final.epochs})
     histories["final"] = train(final, on_epoch=on_epoch, dist=dist)
     return histories
+
+
+def refuse_a_final_of_another_genotype(search_dir: Path, final_dir: Path) -> None:
+    """A search resumed for more epochs may derive another genotype than the one its final
+    model was trained on: then the final model would neither resume nor match genotype.json.
+    Refused before anything is written; a final stage not started yet is fine."""
+    if not (final_dir / CHECKPOINT).exists() or not (final_dir / CONFIG_NAME).exists():
+        return
+    stored = json.loads((final_dir / CONFIG_NAME).read_text())["model_config"]
+    trained_on = architecture_of(model_config_from_dict(stored).genotype)
+    now = architecture_of(load_trained(search_dir).model.genotype())
+    if trained_on != now:
+        raise BionasError(
+            f"{final_dir} was trained on the genotype the search derived earlier, and the "
+            f"search now derives another one. Move {final_dir} away to train the new genotype "
+            "from scratch, or resume without adding search epochs."
+        )
 
 
 def final_run_dir(run_dir: Path) -> Path:

@@ -7,7 +7,7 @@ A derived cell is never dead: where the zero op wins an edge that a node needs t
 reachable from the cell's input x (e1 for z1; e2a or e2b for z2), `derive` keeps that
 edge's best non-zero op instead and marks the edge `restored`. Otherwise a short search
 whose zero op drifts ahead could emit a cell whose output ignores its input. A loaded
-genotype with an unreachable node is refused.
+genotype with an unreachable node is refused for training (`check_reachable`).
 """
 
 from __future__ import annotations
@@ -48,16 +48,16 @@ class EdgeChoice:
 
     @property
     def runner_up(self) -> tuple[str, float]:
-        """The op with the largest α after the kept one, and that α."""
-        kept = OP_NAMES.index(self.op)
-        best = max((k for k in range(len(OP_NAMES)) if k != kept), key=lambda k: self.alphas[k])
+        """The op with the largest α after the kept one (after zero too, on a restored
+        edge: the kept op was chosen among the non-zero ones), and that α."""
+        skip = {OP_NAMES.index(self.op)} | ({OP_NAMES.index(ZERO)} if self.restored else set())
+        best = max((k for k in range(len(OP_NAMES)) if k not in skip), key=lambda k: self.alphas[k])
         return OP_NAMES[best], self.alphas[best]
 
     @property
     def near_tie(self) -> bool:
-        """The kept op's α is within NEAR_TIE of the runner-up's (a one-hot row never is);
-        a restored edge is reported as restored instead."""
-        return not self.restored and self.alpha < NEAR_TIE * self.runner_up[1]
+        """The kept op's α is within NEAR_TIE of the runner-up's (a one-hot row never is)."""
+        return self.alpha < NEAR_TIE * self.runner_up[1]
 
 
 @dataclass(frozen=True)
@@ -122,7 +122,13 @@ class Genotype:
             raise ValueError(f"malformed genotype cell: {err!r}") from err
         if not cells:
             raise ValueError("genotype has no cells")
-        for cell in cells:
+        return cls(cells=cells)
+
+    def check_reachable(self) -> None:
+        """Raise ValueError naming the first cell with a node cut from its input (checked
+        where a genotype is about to be trained, not where a trained run is loaded: an
+        older bionas could derive such cells, and their runs must still load)."""
+        for cell in self.cells:
             dead = cell.unreachable_nodes()
             if dead:
                 raise ValueError(
@@ -130,7 +136,6 @@ class Genotype:
                     "(zero on e1 cuts z1; zero on e2a, and on e2b or e1, cuts z2): give one "
                     "of those edges a non-zero op"
                 )
-        return cls(cells=cells)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(self.to_json(), encoding="utf-8")
@@ -195,6 +200,14 @@ def uniform_genotype(ops: Mapping[str, str], reduction_flags: Sequence[bool]) ->
         for i, reduction in enumerate(reduction_flags)
     )
     return Genotype(cells=cells)
+
+
+def architecture_of(genotype: Genotype | None) -> list[list[object]] | None:
+    """What decides a fixed network's layers: per cell, the reduction flag and the op of
+    each edge (α and the `restored` marks left out); None for the supernet."""
+    if genotype is None:
+        return None
+    return [[c.reduction, *(e.op for e in c.edges)] for c in genotype.cells]
 
 
 def edge_key(cell: int, edge: str) -> str:
@@ -264,7 +277,7 @@ def render(genotype: Genotype) -> str:
             tie = ", near tie" if e.near_tie else ""
             if e.restored:
                 zero = e.alphas[OP_NAMES.index(ZERO)]
-                tie = f", RESTORED: zero won with α={zero:.3f} but would cut {dst} off from x"
+                tie += f", RESTORED: zero won with α={zero:.3f} but would cut {dst} off from x"
             lines.append(f"  {src} -> {dst}: {what}; next {next_op} {next_alpha:.3f}{tie})")
     if genotype.restored:
         lines.append(

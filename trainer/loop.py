@@ -60,6 +60,7 @@ from bionas.trainer.data import (
     val_spec,
 )
 from bionas.trainer.distributed import SINGLE, Dist
+from bionas.trainer.genotype import architecture_of
 from bionas.trainer.logs import (
     ALPHAS_LOG,
     EPOCHS_LOG,
@@ -122,6 +123,7 @@ def _checkpoint(session: Session, model: BioAutoMLNAS, opts: Optimizers, state: 
             config=session.config.to_dict(),
             batch_size=session.batch_size,
             vocab_sha256={f: v.sha256 for f, v in session.encoding.vocabs.items()},
+            architecture=architecture_of(model.cfg.genotype),
         )
         save_checkpoint(session.run_dir / CHECKPOINT, payload)
     dist.barrier()  # no rank runs ahead of (or exits before) a complete checkpoint

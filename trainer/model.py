@@ -3,10 +3,11 @@
 The architecture logits θ are one registered fp32 parameter of shape [cells, 3, K]
 (rows e1, e2a, e2b; K = 10 ops including zero), so they are in the state_dict and DDP
 sees them. Each forward computes α = softmax(θ) in fp32 once for all edges. The prune mask
-(α >= threshold) decides on the host which ops run, so it is cached and recomputed only
-when θ has changed (θ's version counter moves on every in-place update: an optimiser
-step, `load_state_dict`, DDP's broadcast): one device sync per θ step, none on w steps,
-in evaluation or in prediction.
+(α >= threshold) decides on the host which ops run, so it is cached: `train_step` refreshes
+it after every θ step (one device sync per θ step, none on w steps, in evaluation or in
+prediction), and a change of θ's version counter (`load_state_dict`, DDP's broadcast, an
+in-place edit under no_grad) invalidates it too. Fused optimisers and `.data` writes do not
+move the counter, hence the explicit refresh.
 """
 
 from __future__ import annotations
@@ -111,6 +112,11 @@ class BioAutoMLNAS(nn.Module):
         with torch.autocast(device_type=self.theta.device.type, enabled=False):
             alphas = torch.softmax(self.theta.float(), dim=-1)  # eq. (6)
         return alphas, self.prune_mask()
+
+    def refresh_prune_mask(self) -> list[list[list[bool]]]:
+        """Recompute the mask now (after a θ step, whatever updated θ)."""
+        self._mask_key = None
+        return self.prune_mask()
 
     def prune_mask(self) -> list[list[list[bool]]]:
         """[cells][edge][op]: False where α < threshold (the op is not computed).

@@ -55,7 +55,10 @@ def networks_to_evaluate(
             seen = recalibrate_batchnorm(derived, batches, device)
         except (FileNotFoundError, KeyError, ValueError) as err:
             skipped = f"the run's training data cannot be read: {err}"
-            log.warning("derived network evaluated without BN recalibration: %s", skipped)
+        if not seen and skipped is None:
+            skipped = "no readable sample in the train split of the run's dataset"
+        if skipped:
+            log.warning("derived network evaluated with the supernet's BN statistics: %s", skipped)
     derived.eval()
     genotype = derived.genotype()
     about = {

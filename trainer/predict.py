@@ -154,4 +154,5 @@ def predict_images(
                     ],
                 }
             )
-    return {"target": run.target, "meta": notes, "predictions": results}
+    network = "supernet" if getattr(run.model, "theta", None) is not None else "fixed"
+    return {"target": run.target, "network": network, "meta": notes, "predictions": results}

@@ -73,7 +73,9 @@ def load_genotype(path: Path | None, cells: int = 5) -> Genotype | None:
     if name in BUILTIN_CELLS and not Path(path).exists():
         return uniform_genotype(BUILTIN_CELLS[name], reduction_flags(cells))
     try:
-        return Genotype.load(path)
+        genotype = Genotype.load(path)
+        genotype.check_reachable()
+        return genotype
     except (OSError, ValueError) as err:
         builtin = ", ".join(BUILTIN_CELLS)
         raise BionasError(
@@ -150,6 +152,25 @@ def save_model(run_dir: Path, model: BioAutoMLNAS) -> Path:
     torch.save({"model_config": model_config_to_dict(model.cfg), "state_dict": state}, tmp)
     os.replace(tmp, path)
     return path
+
+
+def run_encoding(
+    run_dir: Path, config: Mapping[str, Any], target: str, meta_fields: tuple[str, ...]
+) -> Encoding | None:
+    """The encoding from RUN_DIR/vocabs (the copies `write_run_config` wrote), or None when
+    a copy is missing or differs from the sha256 config.json recorded for it."""
+    recorded = config.get("vocab_sha256", {})
+    vocabs = {}
+    for name in (target, *meta_fields):
+        path = run_dir / VOCAB_DIR / vocab_filename(name)
+        try:
+            vocab = load_vocab(path)
+        except (OSError, ValueError):
+            return None
+        if vocab.sha256 != recorded.get(name):
+            return None
+        vocabs[name] = vocab
+    return Encoding(vocabs[target], tuple(vocabs[f] for f in meta_fields))
 
 
 @dataclass(frozen=True)

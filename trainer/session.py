@@ -11,10 +11,11 @@ each rank's own randomness (dropout) is then seeded apart (`rank_seed`).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from bionas.manifests.manifest import Manifest, load_manifest
 from bionas.trainer.batch_size import cap_gpu_memory, choose_batch_size, restoring_probe
 from bionas.trainer.checkpoint import (
     TrainState,
+    check_architecture,
     load_for_resume,
     refuse_overwrite,
     restore_checkpoint,
@@ -43,12 +45,19 @@ from bionas.trainer.config import (
 from bionas.trainer.data import StreamPosition, check_shards_exist, epoch_length
 from bionas.trainer.distributed import SINGLE, Dist, data_parallel, rank_seed
 from bionas.trainer.encoding import Encoding, load_encoding
-from bionas.trainer.genotype import Genotype
+from bionas.trainer.genotype import Genotype, architecture_of
 from bionas.trainer.heldout import HeldOutShards, split_heldout
 from bionas.trainer.leakage import dataset_taxonomy, resolve_meta_fields
 from bionas.trainer.logs import start_logs, trim_logs
 from bionas.trainer.model import BioAutoMLNAS, build_model
-from bionas.trainer.run import CHECKPOINT, load_genotype, model_config_for, write_run_config
+from bionas.trainer.run import (
+    CHECKPOINT,
+    CONFIG_NAME,
+    load_genotype,
+    model_config_for,
+    run_encoding,
+    write_run_config,
+)
 from bionas.trainer.train_values import TRAIN_VALUES_NAME, restrict_to_train
 
 log = logging.getLogger(__name__)
@@ -69,6 +78,9 @@ class Session:
     heldout: HeldOutShards | None  # with --arch-data heldout: θ steps' shards, w steps'
     dist: Dist = SINGLE
     lr_theta: float | None = None  # θ's learning rate as resolved (`--lr-theta auto`)
+    # sha256 of the dataset's own vocabulary files for the fields used (before the cut to
+    # the train values): what a resume checks the dataset against
+    dataset_vocab_sha256: dict[str, str] = field(default_factory=dict)
 
     @property
     def run_dir(self) -> Path:
@@ -121,6 +133,9 @@ def start_session(
     what train steps call forward on (the model in DDP on several ranks)."""
     _seed_everything(config.seed)
     config, manifest, encoding, genotype = _resolve_dataset(config)
+    dataset_vocabs = {f: manifest.body["vocabs"][f]["sha256"] for f in encoding.vocabs}
+    if config.resume:  # before the model is built: the encoding sizes its embeddings
+        encoding = resume_encoding(config.run_dir, dataset_vocabs, encoding)
     device = dist.device if dist.enabled else resolve_device(config.device)
     threads = config.threads or cpu_threads(device, config.workers)
     if threads is not None:
@@ -136,6 +151,7 @@ def start_session(
     if config.resume:
         vocab_sha256 = {f: v.sha256 for f, v in encoding.vocabs.items()}
         payload = load_for_resume(checkpoint_path, config, vocab_sha256, dist.world_size)
+        check_architecture(payload, architecture_of(genotype), config.run_dir)
     else:
         refuse_overwrite(checkpoint_path)
     if device.type == "cuda":
@@ -152,6 +168,10 @@ def start_session(
         batch_size = dist.min(_pick_batch_size(config, model, encoding, device, amp, per_rank))
     has_val = config.val_split in manifest.splits
     lr_theta = _resolve_lr_theta(config, model, heldout, samples, batch_size, dist.world_size)
+    if payload is not None and lr_theta is not None and payload.get("theta_optimizer"):
+        # a resumed run goes on at the rate it ran at (the optimiser state restores it);
+        # `auto` would otherwise report a rate recomputed from a changed --epochs
+        lr_theta = float(payload["theta_optimizer"]["param_groups"][0]["lr"])
     session = Session(
         config=config,
         encoding=encoding,
@@ -166,6 +186,7 @@ def start_session(
         heldout=heldout,
         dist=dist,
         lr_theta=lr_theta,
+        dataset_vocab_sha256=dataset_vocabs,
     )
     opts = build_optimizers(model, config, amp, lr_theta)
     # DDP copies rank 0's parameters and buffers to every rank when it is built: wrap
@@ -180,10 +201,29 @@ def cpu_threads(device: torch.device, workers: int) -> int | None:
     (OpenMP threads that share a core with a busy worker spin and stall each other: on 2
     cores, a demo-sized supernet step measured 1.74 s with 2 threads against 0.11 s with
     1 while another process held a core); otherwise torch's own default (None)."""
-    if device.type != "cpu" or workers == 0:
-        return None
+    if device.type != "cpu" or workers == 0 or "OMP_NUM_THREADS" in os.environ:
+        return None  # torchrun sets OMP_NUM_THREADS=1 per rank: its choice stands
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return max(1, (cores or 1) - workers)
+
+
+def resume_encoding(run_dir: Path, dataset_vocabs: dict[str, str], encoding: Encoding) -> Encoding:
+    """A resumed run goes on with the vocabularies it trained with (RUN_DIR/vocabs), as long
+    as the dataset's vocabulary files are still the ones it started from: how the trainer
+    derives its vocabularies from them may have changed since (bionas 0.2 cuts feature
+    values absent from train), and a run keeps its own indices. A changed dataset file is
+    left to `load_for_resume` to refuse."""
+    try:
+        body = json.loads((run_dir / CONFIG_NAME).read_text())
+    except (OSError, ValueError):
+        return encoding
+    started_from = body.get("dataset_vocab_sha256") or body.get("vocab_sha256")  # 0.1: uncut
+    if started_from != dataset_vocabs:
+        return encoding
+    own = run_encoding(run_dir, body, encoding.target, encoding.meta_fields)
+    if own is not None and own != encoding:
+        log.info("resuming with the vocabularies %s was trained with", run_dir)
+    return own or encoding
 
 
 def _resolve_lr_theta(
@@ -203,6 +243,8 @@ def _resolve_lr_theta(
     samples = heldout.w_samples if heldout else train_samples
     steps, _ = epoch_length(samples, batch_size, bool(heldout), True, world_size)
     theta_steps = (steps // 2) * max(config.epochs - config.warmup_epochs, 0)
+    if theta_steps == 0:
+        return PAPER_LR_THETA  # all warm-up: no θ step planned to scale to
     lr = auto_lr_theta(theta_steps)
     log.info("--lr-theta auto: %d θ steps planned -> lr %.3g", theta_steps, lr)
     return lr
@@ -278,6 +320,7 @@ def _start_or_restore(
                 "world_size": dist.world_size,
                 "amp": session.amp.to_dict(),
                 "lr_theta": session.lr_theta,
+                "dataset_vocab_sha256": session.dataset_vocab_sha256,
                 "device": str(session.device),
                 **({"heldout": session.heldout.to_dict()} if session.heldout else {}),
             },

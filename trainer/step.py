@@ -80,7 +80,7 @@ def train_step(
     scaler.step(optimizer)
     scaler.update()
     if kind == "theta":
-        model.prune_mask()  # θ changed: refresh the mask here, not in the next forward
+        model.refresh_prune_mask()  # θ changed: refresh here, not in the next forward
     with torch.no_grad():
         for buffer, saved in running_stats:
             buffer.copy_(saved)

@@ -21,6 +21,7 @@ import click
     "--retrain-epochs",
     default=8,
     show_default=True,
+    type=click.IntRange(min=1),
     help="Epochs of training the derived genotype from scratch (the final model).",
 )
 @click.option("--seed", default=0, show_default=True)

@@ -62,4 +62,10 @@ def command(
     meta = parse_meta(meta_pairs, run.meta_fields)
     parsed = [parse_box(b) for b in boxes]
     result = predict_images(run, list(images), meta, top_k=top_k, boxes=parsed, margin=crop_margin)
+    if result["network"] == "supernet":
+        click.echo(
+            f"note: {run_dir} is a search run, so the supernet (every op weighted by α) "
+            f"answers; its final model is {run_dir}/final (`bionas train --retrain-epochs N`)",
+            err=True,
+        )
     click.echo(json.dumps({"run_dir": str(run_dir), **result}, indent=2))
