@@ -40,6 +40,16 @@ Two questions, each answered side by side in the same run:
                  ones); and on the small dataset, to show the start does not grow.
     bionas's start is measured `--start-repeats` times (median start, largest peak), the
     official one once.
+
+(c) The reader's stream check (each shard's bytes, sha256 and sample count compared with
+    its manifest record while it streams), side by side in the same run: the same train
+    shards given as plain paths (no check), as ShardRefs without a sha256 (size + count)
+    and as the full ShardRefs `bionas train` reads (size + count + sha256). Two views:
+      reader only   `read_samples` passes over all train shards (no decoding), the
+                    variants in alternating order; MB/s of shard files per CPU-second:
+                    the check's cost at its most visible
+      loader        BatchStream + DataLoader as in (a), the variants taking turns
+    `--check-only` runs (c) alone (no official loader, no big table).
     Memory: peak over the run of the summed RSS of the process and its DataLoader workers
     (psutil, polled every 10 ms), and the summed PSS (shared pages counted once: the
     forked workers share most of the parent's pages, which summed RSS counts again).
@@ -49,6 +59,7 @@ OpenMP thread per core on a small shared machine, a busy neighbour stalls the po
 (torch.stack of one batch took 0.4 s here under load).
 
     python benchmarks/bench_loader.py --quick     # 600 images, 200,000-row table (~2 min)
+    python benchmarks/bench_loader.py --check-only  # (c) alone, on the 2,000 images
     python benchmarks/bench_loader.py             # 2,000 images, 5,150,850-row table
                                                   # (~4.3 GB CSV; the official loader
                                                   # needs ~9 GB RAM and minutes)
@@ -88,6 +99,8 @@ CHUNK = 10  # batches per turn when loaders take turns (num_workers=0)
 TARGET_STEADY = 1.0  # bionas img/s >= official
 TARGET_START = 50.0  # official time-to-first-batch / bionas
 TARGET_MEMORY = 10.0  # official peak / bionas
+TARGET_CHECK_COST = 3.0  # % of loader throughput the stream check may cost
+CHECK_LEVELS = ("none", "size+count", "size+count+sha256")
 
 
 def bionas_cli() -> str:
@@ -275,20 +288,28 @@ def official_loader(root: Path, split: str, tf: str, workers: int, batch: int, s
     )
 
 
-def bionas_loader(ds: Path, workers: int, batch: int):
+def bionas_loader(ds: Path, workers: int, batch: int, check: str = CHECK_LEVELS[-1]):
     from bionas.manifests.manifest import load_manifest
-    from bionas.trainer.data import (
-        BatchStream,
-        StreamSpec,
-        check_shards_exist,
-        make_loader,
-    )
+    from bionas.trainer.data import BatchStream, StreamSpec, make_loader
     from bionas.trainer.encoding import load_encoding
 
     manifest = load_manifest(ds)
     encoding = load_encoding(manifest, TARGET, META_FIELDS)
-    spec = StreamSpec(shards=tuple(check_shards_exist(manifest, "train")), batch_size=batch)
+    spec = StreamSpec(shards=checked_shards(manifest, check), batch_size=batch)
     return make_loader(BatchStream(spec, encoding), workers)
+
+
+def checked_shards(manifest, check: str) -> tuple:
+    """The train shards as `bionas train` gets them (ShardRefs, every check), without
+    their sha256, or as bare paths (unchecked)."""
+    from dataclasses import replace
+
+    from bionas.trainer.data import check_shards_exist
+
+    refs = check_shards_exist(manifest, "train")
+    if check == "none":
+        return tuple(r.path for r in refs)
+    return tuple(refs if check == CHECK_LEVELS[-1] else (replace(r, sha256=None) for r in refs))
 
 
 def endless(loader):
@@ -415,6 +436,73 @@ def steady_state(ds: Path, official: Path, args) -> list[list[str]]:
                 f"{base[2]} / {ours[2]}",
             ])  # fmt: skip
     return rows
+
+
+# ---- (c) the reader's stream check --------------------------------------------------
+
+
+def reader_rates(ds: Path, passes: int) -> dict[str, float]:
+    """check level -> MB of shard files per CPU-second of raw `read_samples` passes (no
+    decoding; the median pass, levels alternating in order pass by pass), and "sha256
+    alone": hashlib over the same files."""
+    import hashlib
+    import statistics
+
+    from bionas.manifests.manifest import load_manifest
+    from bionas.shards.reader import read_samples
+
+    manifest = load_manifest(ds)
+    shards = {check: checked_shards(manifest, check) for check in CHECK_LEVELS}
+    mb = sum(r.size for r in shards[CHECK_LEVELS[-1]]) / 1e6
+    seconds: dict[str, list[float]] = {check: [] for check in (*CHECK_LEVELS, "sha256 alone")}
+    for i in range(passes):
+        for check in CHECK_LEVELS if i % 2 == 0 else CHECK_LEVELS[::-1]:
+            start = time.process_time()
+            for _ in read_samples(shards[check], shuffle_shards=False):
+                pass
+            seconds[check].append(time.process_time() - start)
+        start = time.process_time()
+        for ref in shards[CHECK_LEVELS[-1]]:
+            hashlib.sha256(ref.path.read_bytes()).hexdigest()
+        seconds["sha256 alone"].append(time.process_time() - start)
+    return {check: mb / max(statistics.median(t), 1e-9) for check, t in seconds.items()}
+
+
+def stream_check_cost(ds: Path, args) -> list[list[str]]:
+    from bionas.manifests.manifest import load_manifest
+
+    rates = reader_rates(ds, args.check_passes)
+    records = load_manifest(ds).shards("train")
+    mb_per_image = sum(r["bytes"] for r in records) / sum(r["samples"] for r in records) / 1e6
+    rows = []
+    for check in CHECK_LEVELS[1:]:
+        rows.append(["reader only, MB/CPU-s", check, f"{rates['none']:.0f}",
+                     f"{rates[check]:.0f}", cost(rates["none"], rates[check]), "", ""])  # fmt: skip
+    makers = {check: (lambda w, c=check: bionas_loader(ds, w, args.batch_size, c))
+              for check in CHECK_LEVELS}  # fmt: skip
+    for workers in args.workers:
+        got = interleaved(makers, workers, args)
+        base = got["none"]
+        for check in CHECK_LEVELS[1:]:
+            ours = got[check]
+            rows.append([
+                f"loader, workers {workers}, img/CPU-s", check, f"{base[1]:.0f}",
+                f"{ours[1]:.0f}", cost(base[1], ours[1]),
+                f"{base[0]:.0f} / {ours[0]:.0f} img/s wall, {cost(base[0], ours[0])}",
+                f"{base[2]} / {ours[2]}",
+            ])  # fmt: skip
+        # the hash's share of a CPU-second of the unchecked loader: the cost a noiseless
+        # machine would show
+        implied = 100 * base[1] * mb_per_image / rates["sha256 alone"]
+        rows.append([f"loader, workers {workers}: sha256 alone", "hashlib over the files",
+                     f"{rates['sha256 alone']:.0f} MB/CPU-s", "", f"+{implied:.1f} % implied",
+                     f"{base[1] * mb_per_image:.1f} MB/CPU-s loader", ""])  # fmt: skip
+    return rows
+
+
+def cost(base: float, ours: float) -> str:
+    """Throughput lost to the check, in % of the unchecked throughput."""
+    return f"{100 * (1 - ours / base):+.1f} %"
 
 
 # ---- (b) start-up: children + process-tree memory -----------------------------------
@@ -597,11 +685,15 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--start-repeats", type=int, default=3, help="runs of each bionas start")
     p.add_argument("--no-md5", dest="md5", action="store_false",
                    help="do not time the md5 of the big CSV")  # fmt: skip
+    p.add_argument("--check-only", action="store_true", help="only (c), the stream check")
+    p.add_argument("--skip-check", action="store_true", help="leave out (c)")
+    p.add_argument("--check-passes", type=int, help="(c) reader passes per level (default 30)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
     args.images = args.images or (600 if args.quick else 2000)
     args.rows = args.rows or (QUICK_ROWS if args.quick else FULL_ROWS)
     args.rounds = args.rounds or (1 if args.quick else 5)
+    args.check_passes = args.check_passes or (10 if args.quick else 30)
     args.warm, args.count = (4, 60) if args.quick else (8, 100)
     args.workers = (0, 2)
     args.start_workers = (0, 2)
@@ -623,6 +715,10 @@ def main() -> None:
     print(uptime_line(), flush=True)
     args.work.mkdir(parents=True, exist_ok=True)
     synth, ds = prepare_images(args.work, args.images)
+    if args.check_only:
+        report_check(ds, args)
+        print(uptime_line())
+        return
     official_small = official_root_for(ds, synth)
     if args.prepare_only:
         for path in prepare_big(args.work, ds, official_small, args.rows):
@@ -652,7 +748,20 @@ def main() -> None:
         if md5 is not None:
             print(f"not included above: the official integrity check's md5 of the CSV takes "
                   f"{md5:.1f} s more on every construction")  # fmt: skip
+    if not args.skip_check:
+        report_check(ds, args)
     print(uptime_line())
+
+
+def report_check(ds: Path, args) -> None:
+    print("\n(c) stream check", flush=True)
+    rows = stream_check_cost(ds, args)
+    print(f"\n(c) the reader's stream check, train split of {ds} (batch {args.batch_size}; "
+          f"reader: {args.check_passes} passes per level); cost = throughput lost vs "
+          f"unchecked, target <= {TARGET_CHECK_COST:.0f} %")  # fmt: skip
+    print(format_table(
+        ["measure", "check", "unchecked", "checked", "cost", "wall clock", "load"], rows
+    ))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -11,11 +11,25 @@ Each stage is a plain generator function over an iterator, as in webdataset's
 decodes: samples leave as raw bytes (`RawSample`), and the trainer decodes JPEG and JSON
 with its own safe decoders (no pickle, no webdataset default decoders).
 
-A broken shard (unreadable, truncated, not a tar) or an incomplete sample (a member
-missing) is skipped and counted in `ReadStats`, or raises `CorruptDataError` when
-`strict`; there is no sleep or retry on error. Everything is a pure function of
-(shards, seed, epoch, rank, world_size, worker, num_workers): the same arguments give
-the same samples in the same order.
+A broken shard or an incomplete sample (a member missing) is skipped and counted in
+`ReadStats`, or raises `CorruptDataError` when `strict`; there is no sleep or retry on
+error. Everything is a pure function of (shards, seed, epoch, rank, world_size, worker,
+num_workers) and the shards' bytes: the same arguments give the same samples in the same
+order.
+
+A shard given as a `ShardRef` (its manifest record: samples, bytes, sha256) is checked
+while it streams: every byte of the file is counted and hashed as it is read, the file is
+read to its end after the tar reader stops, and at the end of the shard its size, sha256
+and sample count must be the manifest's. This catches what the tar stream alone cannot:
+`tarfile` takes a damaged header after the first member, or a cut at a member boundary,
+for the end of the archive, and would yield fewer samples without a word. A shard is
+broken when it cannot be opened or un-tarred, holds a member over its cap
+(`bionas.shards.format.MEMBER_CAPS`; never read), or does not match its record. Reading
+stops at the first error; the samples it had already yielded stay yielded (a stream cannot
+take them back; a mismatch is only known at the end of the shard), so "counted" means:
+`broken_shards` + 1, and `lost_samples` + (manifest count - samples the shard gave, at
+least 0), an estimate of what training did not see. With `strict`, the mismatch raises
+instead, after those samples. A plain path is read unchecked.
 
 Each pass has its own shard order and its own shuffle buffer (seeded by the pass index,
 emptied at the end of the pass), so a place in an endless stream is (pass, samples taken
@@ -36,19 +50,25 @@ from typing import NamedTuple, TypeVar
 import numpy as np
 import zstandard
 
-from bionas.shards.format import IMAGE_EXT, RECORD_EXT
-from bionas.shards.tario import open_shard
+from bionas.shards.format import IMAGE_EXT, MEMBER_CAPS, RECORD_EXT, member_key
+from bionas.shards.tario import ShardRef, as_ref, open_shard
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# What a damaged shard can raise while it is opened or streamed.
-SHARD_ERRORS = (OSError, EOFError, tarfile.TarError, zstandard.ZstdError)
 MAX_EMPTY_PASSES = 16
 
 
 class CorruptDataError(ValueError):
     """A shard or sample that cannot be read, raised in strict mode."""
+
+
+class OversizedMember(ValueError):
+    """A tar member bigger than its cap: not read, and the shard is broken."""
+
+
+# What a damaged shard can raise while it is opened or streamed.
+SHARD_ERRORS = (OSError, EOFError, tarfile.TarError, zstandard.ZstdError, OversizedMember)
 
 
 class RawSample(NamedTuple):
@@ -66,6 +86,7 @@ class ReadStats:
     broken_shards: int = 0
     incomplete_samples: int = 0
     strict: bool = False
+    lost_samples: int = 0  # what broken shards held beyond what they gave (manifest counts)
     shards_opened: int = 0
     samples_read: int = 0  # complete samples un-tarred (whether or not yielded yet)
     bytes_read: int = 0  # tar members' contents (uncompressed), every member read
@@ -79,6 +100,14 @@ class ReadStats:
         else:
             self.incomplete_samples += 1
         log.warning("skipping %s %s", what, message)
+
+    def broken(self, ref: ShardRef, problem: str, gave: int, counted: bool = True) -> None:
+        """A broken shard that gave `gave` samples (`counted`: this reader counts it)."""
+        if not (counted or self.strict):
+            return
+        lost = max(ref.samples - gave, 0) if ref.samples is not None else 0
+        self.skip("shard", str(ref), problem + (f"; ~{lost} sample(s) lost" if lost else ""))
+        self.lost_samples += lost
 
 
 @dataclass(frozen=True)
@@ -121,24 +150,72 @@ def split_shards(shards: Sequence[T], slot: Slot) -> tuple[list[T], int]:
     return list(shards), slot.count
 
 
-def shard_members(paths: Iterable[Path], stats: ReadStats) -> Iterator[tuple[str, str, bytes]]:
-    """(shard name, member name, bytes) for every regular file of every shard, in tar order."""
-    for path in paths:
-        name = Path(path).name
+def shard_members(
+    shards: Iterable[Path | ShardRef], stats: ReadStats, share: tuple[int, int] = (1, 0)
+) -> Iterator[tuple[str, str, bytes]]:
+    """(shard name, member name, bytes) for every .jpg/.json member of every shard, in tar
+    order, each shard checked against its ShardRef at its end (see the module docstring).
+
+    `share=(step, offset)`: when readers stride over the same shards, a broken shard at
+    position i is counted only by the reader with i % step == offset (so the counts of all
+    readers add up); every reader raises under strict.
+    """
+    for position, shard in enumerate(shards):
+        ref, keys = as_ref(shard), _KeyCount()
         try:
             stats.shards_opened += 1
-            with open_shard(path) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
-                for member in tar:
-                    if not member.isreg():
-                        continue
-                    handle = tar.extractfile(member)
-                    if handle is None:
-                        continue
-                    data = handle.read()
-                    stats.bytes_read += len(data)
-                    yield name, member.name, data
+            with open_shard(ref) as stream:
+                with tarfile.open(fileobj=stream, mode="r|") as tar:
+                    yield from _members(ref.name, tar, stats, keys)
+                problem = _mismatch(ref, *stream.finish(), keys.count)
         except SHARD_ERRORS as err:
-            stats.skip("shard", str(path), f"unreadable ({type(err).__name__}: {err})")
+            problem = f"unreadable ({type(err).__name__}: {err})"
+        if problem:
+            stats.broken(ref, problem, keys.count, position % share[0] == share[1])
+
+
+class _KeyCount:
+    """Distinct keys among a shard's members so far: the samples it gave, complete or not."""
+
+    def __init__(self) -> None:
+        self.count, self.last = 0, None
+
+    def add(self, key: str) -> None:
+        if key != self.last:
+            self.count, self.last = self.count + 1, key
+
+
+def _members(
+    shard: str, tar: tarfile.TarFile, stats: ReadStats, keys: _KeyCount
+) -> Iterator[tuple[str, str, bytes]]:
+    for member in tar:
+        key, ext = member_key(member.name)
+        cap = MEMBER_CAPS.get(ext)
+        if cap is None or not member.isreg():
+            continue  # not part of a sample: skipped over unread
+        if member.size > cap:
+            raise OversizedMember(f"member {member.name} has {member.size} bytes, cap {cap}")
+        keys.add(key)
+        handle = tar.extractfile(member)
+        if handle is None:
+            continue
+        data = handle.read()
+        stats.bytes_read += len(data)
+        yield shard, member.name, data
+
+
+def _mismatch(ref: ShardRef, size: int, sha256: str | None, samples: int) -> str | None:
+    """How the streamed shard differs from its manifest record; None when it does not."""
+    if ref.size is not None and size != ref.size:
+        return f"{size} bytes, manifest.json says {ref.size} (the file changed)"
+    if ref.sha256 is not None and sha256 != ref.sha256:
+        return "sha256 differs from manifest.json (the file changed)"
+    if ref.samples is not None and samples < ref.samples:
+        # tarfile reads a damaged header, or a cut at a member boundary, as the end
+        return f"the tar stream ended after {samples} of its {ref.samples} samples"
+    if ref.samples is not None and samples != ref.samples:
+        return f"{samples} samples, manifest.json says {ref.samples}"
+    return None
 
 
 def group_samples(
@@ -160,11 +237,11 @@ def group_samples(
             yield RawSample(key, parts[IMAGE_EXT], parts[RECORD_EXT], shard)
 
     for shard, member, data in members:
-        key, _, ext = member.rpartition("/")[2].partition(".")
+        key, ext = member_key(member)
         if (shard, key) != current:
             yield from finish()
             current, parts = (shard, key), {}
-        parts[ext.lower()] = data
+        parts[ext] = data
     yield from finish()
 
 
@@ -195,7 +272,7 @@ def shuffle(samples: Iterable[T], buffer_size: int, rng: np.random.Generator) ->
 
 
 def read_samples(
-    shards: Sequence[Path],
+    shards: Sequence[Path | ShardRef],
     *,
     slot: Slot = Slot(),
     seed: int = 0,
@@ -213,13 +290,15 @@ def read_samples(
     Pass p reads the shards in the order `permute(shards, seed, epoch, p)` (manifest order
     when `shuffle_shards` is false) through its own shuffle buffer, seeded by (seed, epoch,
     rank, worker, p): pass p gives the same samples whichever pass the stream started at.
+    ShardRefs are checked against their manifest records as they stream; paths are not.
     """
     stats = stats if stats is not None else ReadStats()
 
     def one_pass(p: int) -> Iterator[RawSample]:
         ordered = permute(shards, seed, epoch, p) if shuffle_shards else list(shards)
         mine, step = split_shards(ordered, slot)
-        samples: Iterator[RawSample] = group_samples(shard_members(mine, stats), stats)
+        members = shard_members(mine, stats, share=(step, slot.index % step))
+        samples: Iterator[RawSample] = group_samples(members, stats)
         if step > 1:
             samples = stride(samples, step, slot.index)
         rng = np.random.default_rng([seed, epoch, slot.rank, slot.worker, p, 0x5EED])

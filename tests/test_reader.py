@@ -272,8 +272,12 @@ def test_a_shard_truncated_at_a_member_boundary_is_reported(tmp_path, caplog):
     with pytest.raises(BionasError, match="differ in size"):
         check_shards_exist(manifest, "train", strict=True)
     with caplog.at_level("WARNING"):
-        assert check_shards_exist(manifest, "train") == manifest.shard_paths("train")
+        refs = check_shards_exist(manifest, "train")
+    assert [r.path for r in refs] == manifest.shard_paths("train")
     assert "differ in size" in caplog.text
+    stats = ReadStats()
+    assert len(list(read_samples(refs, stats=stats))) == 12  # the other shard
+    assert (stats.broken_shards, stats.lost_samples) == (1, 11)  # 1 of 12 began, incomplete
 
 
 def test_an_endless_stream_started_at_pass_p_is_the_tail_of_the_whole_stream(dataset):

@@ -34,8 +34,9 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from bionas.errors import BionasError
 from bionas.manifests.manifest import Manifest
-from bionas.shards.format import decode_record
+from bionas.shards.format import IMAGE_FORMATS, decode_record
 from bionas.shards.reader import CorruptDataError, RawSample, ReadStats, Slot, read_samples
+from bionas.shards.tario import ShardRef
 from bionas.trainer.config import TrainConfig
 from bionas.trainer.encoding import Encoding
 from bionas.trainer.transforms import DECODE_ERRORS, decode_image, normalize_images
@@ -47,7 +48,7 @@ log = logging.getLogger(__name__)
 # shuffle buffer ran across passes; resuming it replayed every pass (only a main stream's
 # position, within one epoch, still resumes: from pass 0, skipping `cursor` samples).
 POSITION_VERSION = 2
-SKIP_REASONS = ("corrupt", "unknown_class", "broken_shards", "incomplete")
+SKIP_REASONS = ("corrupt", "unknown_class", "broken_shards", "incomplete", "lost_samples")
 
 
 @dataclass
@@ -58,8 +59,9 @@ class WorkerState:
     cursor: int = 0  # raw samples consumed in that pass (decoded or skipped)
     corrupt: int = 0  # samples whose JPEG or JSON failed to decode
     unknown_class: int = 0  # samples with no known target class
-    broken_shards: int = 0
+    broken_shards: int = 0  # unreadable, or not what manifest.json says (`ShardRef`)
     incomplete: int = 0  # samples missing a member
+    lost_samples: int = 0  # broken shards' manifest counts less the samples they gave
 
     def to_dict(self) -> dict[str, int]:
         return dict(vars(self))
@@ -133,7 +135,7 @@ class StreamSpec:
     """What one rank reads: `num_batches=None` reads until the data ends (`passes=1`,
     last batch may be short) or forever (`passes=None`)."""
 
-    shards: tuple[Path, ...]
+    shards: tuple[Path | ShardRef, ...]  # ShardRefs are checked while they stream
     batch_size: int
     image_size: int = 224
     seed: int = 0
@@ -201,6 +203,7 @@ class BatchStream(IterableDataset):
             if not items:
                 return
             state.broken_shards, state.incomplete = stats.broken_shards, stats.incomplete_samples
+            state.lost_samples = stats.lost_samples
             yield self._batch(items, logical, index, replace(state))
             if len(items) < spec.batch_size:
                 return
@@ -215,7 +218,7 @@ class BatchStream(IterableDataset):
                 if label < 0:
                     state.unknown_class += 1
                     continue
-                image = decode_image(sample.jpg, self.spec.image_size)
+                image = decode_image(sample.jpg, self.spec.image_size, IMAGE_FORMATS)
                 if not self.spec.uint8:
                     image = normalize_images(image)
             except DECODE_ERRORS as err:
@@ -274,7 +277,7 @@ def make_loader(dataset: BatchStream, workers: int, *, pin_memory: bool = False)
 
 def train_spec(
     config: TrainConfig,
-    shards: Sequence[Path],
+    shards: Sequence[Path | ShardRef],
     batch_size: int,
     epoch: int,
     num_batches: int | None,
@@ -295,13 +298,15 @@ def train_spec(
     )
 
 
-def arch_spec(config: TrainConfig, shards: Sequence[Path], batch_size: int) -> StreamSpec:
+def arch_spec(
+    config: TrainConfig, shards: Sequence[Path | ShardRef], batch_size: int
+) -> StreamSpec:
     """The held-out train shards for θ steps, endless (one persistent iterator for the
     run: pass p of it is pass p of "epoch 0")."""
     return train_spec(config, shards, batch_size, 0, None)
 
 
-def val_spec(config: TrainConfig, shards: Sequence[Path], batch_size: int) -> StreamSpec:
+def val_spec(config: TrainConfig, shards: Sequence[Path | ShardRef], batch_size: int) -> StreamSpec:
     """Every validation sample once, in manifest order; the last batch may be short."""
     return StreamSpec(
         shards=tuple(shards),
@@ -333,12 +338,13 @@ def epoch_length(
     return (2 * count if heldout and searching else count), count
 
 
-def check_shards_exist(manifest: Manifest, split: str, strict: bool = False) -> list[Path]:
-    """The split's shard paths; a clear error when the split or a shard is missing.
+def check_shards_exist(manifest: Manifest, split: str, strict: bool = False) -> list[ShardRef]:
+    """The split's shards with their manifest records (the reader checks each one's bytes,
+    sha256 and samples as it streams); a clear error when the split or a shard is missing.
 
-    A shard whose size differs from the manifest's is reported (an error with `strict`,
-    else a warning): a tar truncated at a member boundary ends cleanly, so the stream
-    alone would not notice the samples it lost.
+    A shard whose size differs from the manifest's is reported before any reading (an
+    error with `strict`, else a warning, and the reader counts it broken when it gets
+    there).
     """
     if split not in manifest.splits:
         raise BionasError(
@@ -366,4 +372,12 @@ def check_shards_exist(manifest: Manifest, split: str, strict: bool = False) -> 
         if strict:
             raise BionasError(message)
         log.warning("%s (reading what is there)", message)
-    return paths
+    return shard_refs(manifest, split)
+
+
+def shard_refs(manifest: Manifest, split: str) -> list[ShardRef]:
+    """The split's shards in manifest order, each with what its record says it holds."""
+    return [
+        ShardRef(path, samples=int(r["samples"]), size=int(r["bytes"]), sha256=r["sha256"])
+        for path, r in zip(manifest.shard_paths(split), manifest.shards(split), strict=True)
+    ]

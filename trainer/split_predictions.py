@@ -3,7 +3,10 @@
 The split is streamed from the dataset's shards in manifest order. Each record's raw
 strings are mapped through the given `Encoding` (the *run's* vocabularies), so samples
 whose class the model cannot know are counted by name and left out, and unreadable
-samples are counted by reason: every sample of the split is accounted for.
+samples are counted by reason: every sample of the split is accounted for. Shards given
+as `ShardRef`s (`bionas.trainer.data.check_shards_exist`) are checked against the
+manifest as they stream: one that ends early or hashes wrong counts as a broken shard,
+and what it did not give is the report's `not_read`.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,8 +23,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from bionas.shards.format import decode_record
+from bionas.shards.format import IMAGE_FORMATS, decode_record
 from bionas.shards.reader import RawSample, ReadStats, Slot, read_samples
+from bionas.shards.tario import ShardRef
 from bionas.trainer.encoding import Encoding, record_text
 from bionas.trainer.transforms import DECODE_ERRORS, preprocess_image
 from bionas.trainer.unseen_bins import record_dna_bin
@@ -39,7 +43,11 @@ class SplitStream(IterableDataset):
     """
 
     def __init__(
-        self, shard_paths: list[Path], encoding: Encoding, image_size: int, batch_size: int
+        self,
+        shard_paths: Sequence[Path | ShardRef],
+        encoding: Encoding,
+        image_size: int,
+        batch_size: int,
     ):
         super().__init__()
         self.shard_paths = shard_paths
@@ -82,7 +90,7 @@ class _Batch:
             if label < 0:  # a class the model cannot know, or no label at all
                 self.unknown_classes[record_text(record.get(encoding.target)) or "<missing>"] += 1
                 return
-            image = preprocess_image(sample.jpg, image_size)
+            image = preprocess_image(sample.jpg, image_size, IMAGE_FORMATS)
         except DECODE_ERRORS as err:
             log.warning("skipping sample %s of %s: %s", sample.key, sample.shard, err)
             self.skipped["corrupt sample"] += 1
@@ -126,7 +134,7 @@ class Predictions:
 
 def predict_split(
     models: Mapping[str, torch.nn.Module],
-    shard_paths: list[Path],
+    shard_paths: Sequence[Path | ShardRef],
     encoding: Encoding,
     image_size: int,
     *,

@@ -13,7 +13,11 @@ BAR_WIDTH = 40
 
 @click.command("inspect")
 @click.argument("dataset_dir", type=click.Path(path_type=Path))
-@click.option("--verify", is_flag=True, help="Re-hash every shard and re-count its samples.")
+@click.option(
+    "--verify",
+    is_flag=True,
+    help="Re-hash every shard, re-count its samples, and list files the manifest does not.",
+)
 @click.option(
     "--split",
     "hist_split",
@@ -23,8 +27,10 @@ BAR_WIDTH = 40
 def command(dataset_dir: Path, verify: bool, hist_split: str | None) -> None:
     """Show a dataset's splits, samples, vocabulary sizes and class histogram.
 
-    With --verify, re-hash every shard, re-count its samples and check the
-    vocabulary files; exits with status 1 on any mismatch.
+    With --verify, re-hash every shard, re-count its samples, check the
+    vocabulary files, and list what manifest.json does not (extra shards or
+    split folders under shards/, leftover .tmp files); exits with status 1 on
+    any mismatch or extra file.
 
     \b
     Examples:
@@ -70,6 +76,8 @@ def command(dataset_dir: Path, verify: bool, hist_split: str | None) -> None:
             problems = verify_dataset(manifest, on_shard=lambda _: bar.update())
         if problems:
             for problem in problems:
-                click.echo(f"MISMATCH {problem}", err=True)
+                click.echo(f"{problem.kind.upper()} {problem}", err=True)
             raise SystemExit(1)
-        click.echo(f"verified {total} shards: all sha256 and sample counts match")
+        click.echo(
+            f"verified {total} shards: all sha256 and sample counts match, no unlisted files"
+        )

@@ -351,7 +351,20 @@ def epoch_line(record: dict, epochs: int) -> str:
             f"α entropy {record['alpha_entropy_mean']:.3f}, skip {record['skip_count']}, "
             f"pruned {record['pruned_ops']}"
         )
+    if "skipped" in record:
+        parts.append(skipped_text(record["skipped"]))
     return "  ".join(parts)
+
+
+def skipped_text(skipped: dict) -> str:
+    """The epoch's broken shards (always: 0 says every shard read matched manifest.json),
+    the samples they lost, and any other samples skipped."""
+    text = f"broken shards {skipped.get('broken_shards', 0)}"
+    if skipped.get("lost_samples"):
+        text += f" (~{skipped['lost_samples']} samples lost)"
+    others = [f"{n} {k.replace('_', ' ')}" for k, n in skipped.items()
+              if n and k not in ("broken_shards", "lost_samples")]  # fmt: skip
+    return text + (f", skipped {', '.join(others)}" if others else "")
 
 
 def last_line(message: str) -> str:
