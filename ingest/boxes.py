@@ -2,8 +2,10 @@
 
 Plain numpy, a block of rows at a time (a dozen vectorised passes over 5M floats), not
 Polars expressions: at BIOSCAN-5M scale the expression form took ~0.6-1.1 s on 2 cores, this
-~0.25 s. A missing cell is tracked apart from a `nan` cell, because the rules differ:
-four missing coordinates are "no box", a `nan` one is a malformed box.
+~0.25 s. A processid without a bbox row has no box (the whole photo is used); a bbox row
+always claims a box, so one whose coordinates are not four finite numbers (`n/a`, empty,
+text, `nan`: all four or some) is a bad box, as is a row with a wrong number of fields.
+A missing (empty or unreadable) cell is tracked apart from a `nan` cell for the detail.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import numpy as np
 import polars as pl
 
 from bionas.ingest.keys import lookup_first
+from bionas.ingest.ragged import RaggedRows
 from bionas.ingest.scan import BOX, FRAME
 
 DEFAULT_FRAME = (1024.0, 768.0)
@@ -26,6 +29,7 @@ class Boxes:
     columns: dict[str, pl.Series]  # FRAME + BOX, the box clipped where it is good
     bad: np.ndarray  # malformed, degenerate, or wholly outside the frame: a reject
     clipped: np.ndarray  # a good box that was partly outside the frame
+    row_fields: np.ndarray | None = None  # the bbox row's field count where it is wrong, else 0
 
 
 _BLOCK = 1 << 20  # rows per pass of the checks: their temporaries stay small
@@ -41,8 +45,8 @@ def _check(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(bad, clipped) per row; frame sizes normalised and good boxes clipped, in place.
 
-    A box is four finite numbers or none at all: some coordinates given but not four
-    finite ones (an empty or unreadable cell, `nan`, `inf`) make it malformed. A frame
+    Each row of the bbox table claims a box: anything but four finite numbers (an empty
+    or unreadable cell, `nan`, `inf`, in one coordinate or all four) is malformed. A frame
     size that is not a positive finite number counts as unknown (missing; the default
     frame is assumed for clipping and the image's own size is used when cropping). A box
     is bad when malformed, degenerate (x1 <= x0 or y1 <= y0) or under a pixel wide or high
@@ -61,9 +65,6 @@ def _check(
             frame.append(np.where(known, v[name], default))
         x0, y0, x1, y1 = (v[c] for c in BOX)
         has_box = np.isfinite(x0) & np.isfinite(y0) & np.isfinite(x1) & np.isfinite(y1)
-        given = ~(
-            missing["x0"][rows] & missing["y0"][rows] & missing["x1"][rows] & missing["y1"][rows]
-        )
         with np.errstate(invalid="ignore"):
             limited = {  # np.where, not np.maximum: ~10x faster on columns with nan
                 "x0": np.where(x0 < 0.0, 0.0, x0),
@@ -76,7 +77,7 @@ def _check(
             moved = np.zeros(len(x0), dtype=bool)
             for c in BOX:
                 moved |= limited[c] != v[c]
-        bad[rows] = (given & ~has_box) | (has_box & (degenerate | empty))
+        bad[rows] = ~has_box | degenerate | empty
         good = has_box & ~bad[rows]
         clipped[rows] = good & moved
         for c in BOX:
@@ -84,11 +85,14 @@ def _check(
     return bad, clipped
 
 
-def lookup_boxes(ids: pl.Series, bbox: pl.DataFrame | None) -> Boxes:
+def lookup_boxes(
+    ids: pl.Series, bbox: pl.DataFrame | None, ragged: RaggedRows | None = None
+) -> Boxes:
     """Per id, the frame size and box of its first row in `bbox` (none: all null), checked.
 
     The checks run over the bbox table's own rows, then each column is gathered to the
-    ids' rows. Consumes `bbox` (its columns are freed one by one).
+    ids' rows. `ragged`: the table's rows with a wrong number of fields (bad boxes).
+    Consumes `bbox` (its columns are freed one by one).
     """
     if bbox is None or bbox.height == 0:
         bbox = pl.DataFrame(  # one row with every cell missing, which no id finds
@@ -106,9 +110,17 @@ def lookup_boxes(ids: pl.Series, bbox: pl.DataFrame | None) -> Boxes:
         missing[c] = column.is_null().to_numpy()
         del column
     bad, clipped = _check(values, missing)
+    table_fields = None
+    if ragged is not None and len(ragged.rows):  # its cells may sit in the wrong columns
+        bad[ragged.rows] = True
+        clipped[ragged.rows] = False
+        table_fields = np.zeros(len(bad), dtype=np.int64)
+        table_fields[ragged.rows] = ragged.fields
     columns = {}
     for c in (*FRAME, *BOX):
         gathered = np.take(values.pop(c), rows, mode="clip")  # -1 reads a row, masked below
         columns[c] = _series(c, gathered, np.take(missing.pop(c), rows, mode="clip") | absent)
     flags = [np.take(f, rows, mode="clip") & ~absent for f in (bad, clipped)]
-    return Boxes(columns, *flags)
+    if table_fields is not None:
+        table_fields = np.where(absent, 0, np.take(table_fields, rows, mode="clip"))
+    return Boxes(columns, *flags, row_fields=table_fields)

@@ -1,8 +1,8 @@
 """The ingest plan (SPEC §4 step 1): which rows become samples, in which split and shard.
 
-scan (only the needed columns) -> bbox lookup and clip (`boxes`) -> split -> reject reasons ->
-sample order -> shard assignment. The result says, for every row, either which shard
-it lands in or why it was rejected.
+scan (only the needed columns; beside it, each row's field count: `ragged`) -> bbox lookup
+and clip (`boxes`) -> split -> reject reasons -> sample order -> shard assignment. The result
+says, for every row, either which shard it lands in or why it was rejected.
 
 The scanned frame is never sorted, filtered or joined as a whole: at BIOSCAN-5M scale it
 holds ~1.5 GB, and each such step would copy it. The plan works on the few columns it
@@ -13,17 +13,21 @@ gathered from the frame just before its task goes to a worker (`Plan.rows`).
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
 
 from bionas.errors import BionasError
-from bionas.ingest.boxes import DEFAULT_FRAME, lookup_boxes
+from bionas.ingest.boxes import DEFAULT_FRAME, Boxes, lookup_boxes
 from bionas.ingest.config import IngestConfig
 from bionas.ingest.keys import first_occurrence, safe_keys, spread, stable_argsort
 from bionas.ingest.profiles import ID, OFFICIAL_SPLIT, DatasetProfile
+from bionas.ingest.ragged import RaggedRows, check_row_count, find_ragged_rows
 from bionas.ingest.scan import BOX, FRAME, collect_tables, scan_bbox, scan_metadata
 from bionas.ingest.stable_hash import stable_unit_hashes, string_buffers
 
@@ -77,14 +81,27 @@ class ShardGroup:
     keys: pl.Series  # their processids
 
 
-REASONS = ("unsafe_processid", "duplicate_processid", "empty_target", "missing_split", "bad_bbox")
+REASONS = (
+    "ragged_row",  # first: every cell after a missing or extra separator is in the wrong column
+    "unsafe_processid",
+    "duplicate_processid",
+    "empty_target",
+    "missing_split",
+    "bad_bbox",
+)
 
 
 def reject_reasons(
-    frame: pl.DataFrame, keys: KeyChecks, splits: Splits, bad_bbox: np.ndarray, cfg: IngestConfig
+    frame: pl.DataFrame,
+    ragged: np.ndarray,
+    keys: KeyChecks,
+    splits: Splits,
+    bad_bbox: np.ndarray,
+    cfg: IngestConfig,
 ) -> np.ndarray:
     """Per row, 0 for a good row or 1 + the index in REASONS of the first rule it breaks."""
     broken = [
+        ragged,
         ~keys.safe,
         ~keys.first,
         (frame[cfg.target].is_null() | (frame[cfg.target] == "")).to_numpy(),  # blank: none
@@ -94,11 +111,35 @@ def reject_reasons(
     return np.select(broken, np.arange(1, len(REASONS) + 1, dtype=np.int8), default=0)
 
 
-def reject_details(rejected: pl.DataFrame, cfg: IngestConfig) -> pl.DataFrame:
-    """A human-readable `detail` per rejected row (computed for the rejects only)."""
+def reject_details(
+    rejected: pl.DataFrame, cfg: IngestConfig, widths: tuple[int, int]
+) -> pl.DataFrame:
+    """A human-readable `detail` per rejected row (computed for the rejects only).
+
+    `widths`: the header's field count of the metadata and of the bbox table.
+    """
     reason = pl.col("reason")
     detail = (
-        pl.when(reason == "unsafe_processid")
+        pl.when(reason == "ragged_row")
+        .then(
+            pl.format(
+                "{} fields where the header of {} has {} (data row {})",
+                "_fields",
+                pl.lit(cfg.metadata.name),
+                pl.lit(widths[0]),
+                "_data_row",
+            )  # fmt: skip
+        )
+        .when((reason == "bad_bbox") & (pl.col("_bbox_fields") > 0))
+        .then(
+            pl.format(
+                "its bbox row has {} fields where the header of {} has {}",
+                "_bbox_fields",
+                pl.lit(cfg.bbox.name if cfg.bbox else ""),
+                pl.lit(widths[1]),
+            )  # fmt: skip
+        )
+        .when(reason == "unsafe_processid")
         .then(pl.format("processid '{}' is not a safe file name", pl.col(ID).fill_null("")))
         .when(reason == "duplicate_processid")
         .then(pl.lit("processid already used by an earlier row"))
@@ -195,36 +236,107 @@ def order_and_shard(
     )
 
 
-def make_plan(cfg: IngestConfig, profile: DatasetProfile) -> Plan:
-    """Scan, look up bboxes, validate, split, order and shard."""
+@dataclass(frozen=True)
+class RaggedTables:
+    """Each table's rows with a wrong number of fields."""
+
+    metadata: RaggedRows
+    bbox: RaggedRows | None
+
+    @property
+    def widths(self) -> tuple[int, int]:
+        """The header's field count of the metadata and of the bbox table (0: none)."""
+        return self.metadata.width, self.bbox.width if self.bbox else 0
+
+
+@contextmanager
+def counting_fields(
+    cfg: IngestConfig, profile: DatasetProfile
+) -> Iterator[tuple[Future[RaggedRows], Future[RaggedRows] | None]]:
+    """Count each table's fields per row in a thread beside the plan's other work.
+
+    Yields (metadata, bbox) futures; the bbox table (small, needed first) is counted first.
+    If the plan fails, the count stops rather than finishing a 4 GB read first.
+    """
+    stop = threading.Event()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bionas-fields") as pool:
+        bbox = pool.submit(find_ragged_rows, cfg.bbox, "\t", None, stop) if cfg.bbox else None
+        metadata = pool.submit(find_ragged_rows, cfg.metadata, profile.delimiter, cfg.limit, stop)
+        try:
+            yield metadata, bbox
+        except BaseException:  # an unreadable table or Ctrl-C
+            stop.set()
+            raise
+
+
+def counted(count: Future[RaggedRows], table: pl.DataFrame) -> RaggedRows:
+    """The finished count of a table's fields, checked against the rows Polars read."""
+    ragged = count.result()
+    check_row_count(ragged, table.height)
+    return ragged
+
+
+def read_tables(
+    cfg: IngestConfig, profile: DatasetProfile
+) -> tuple[pl.DataFrame, pl.DataFrame | None]:
+    """The scanned metadata table, and the bbox table (None without --bbox)."""
     scans = [(scan_metadata(cfg, profile), cfg.metadata)]
     if cfg.bbox:
         scans.append((scan_bbox(cfg.bbox), cfg.bbox))
     frame, *bbox = collect_tables(scans)
-    ids = frame[ID].rechunk()  # contiguous: hashed over its Arrow buffers, gathered at random
-    frame = frame.with_columns(ids)
-    salts = [f"bionas-split:{cfg.seed}:", f"bionas-order:{cfg.seed}:"]
-    # independent whole-column passes, side by side: numpy and Polars release the GIL
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="bionas-plan") as pool:
-        looked_up = pool.submit(lookup_boxes, ids, bbox.pop() if bbox else None)
-        first = pool.submit(first_occurrence, ids)
-        buffers = string_buffers(ids)
-        split_unit, order_unit = stable_unit_hashes(buffers, salts)
-        keys = KeyChecks(safe_keys(ids, buffers), first.result())
-        del buffers
-        boxes = looked_up.result()
-    frame = frame.with_columns(boxes.columns[c] for c in (*FRAME, *BOX))
-    splits = assign_split(frame, split_unit, cfg, profile)
-    reason = reject_reasons(frame, keys, splits, boxes.bad, cfg)
+    return frame, (bbox or [None])[0]
+
+
+def plan_rejects(
+    frame: pl.DataFrame,
+    reason: np.ndarray,
+    splits: Splits,
+    ragged: RaggedTables,
+    boxes: Boxes,
+    cfg: IngestConfig,
+) -> pl.DataFrame:
+    """The rejected rows with their reason and detail, in file order."""
     rejected = np.flatnonzero(reason)
+    bbox_fields = boxes.row_fields[rejected] if boxes.row_fields is not None else 0
     rejects = reject_details(
         frame.gather(rejected).with_columns(
             pl.Series("reason", REASONS, dtype=pl.String).gather(reason[rejected] - 1),
             splits.strings(rejected),
             splits.raw.alias("_raw_split"),
+            pl.Series("_fields", ragged.metadata.fields_of(rejected)),
+            pl.Series("_data_row", rejected + 1),
+            pl.Series("_bbox_fields", np.broadcast_to(bbox_fields, len(rejected))),
         ),
         cfg,
+        ragged.widths,
     )
+    return rejects.cast(REJECT_SCHEMA)
+
+
+def make_plan(cfg: IngestConfig, profile: DatasetProfile) -> Plan:
+    """Scan, look up bboxes, validate, split, order and shard."""
+    with counting_fields(cfg, profile) as (metadata_count, bbox_count):
+        frame, bbox = read_tables(cfg, profile)
+        bbox_ragged = counted(bbox_count, bbox) if bbox_count else None
+        ids = frame[ID].rechunk()  # contiguous: hashed over its Arrow buffers, gathered at random
+        frame = frame.with_columns(ids)
+        salts = [f"bionas-split:{cfg.seed}:", f"bionas-order:{cfg.seed}:"]
+        # independent whole-column passes, side by side: numpy and Polars release the GIL
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="bionas-plan") as pool:
+            looked_up = pool.submit(lookup_boxes, ids, bbox, bbox_ragged)
+            del bbox  # lookup_boxes frees its columns one by one
+            first = pool.submit(first_occurrence, ids)
+            buffers = string_buffers(ids)
+            split_unit, order_unit = stable_unit_hashes(buffers, salts)
+            keys = KeyChecks(safe_keys(ids, buffers), first.result())
+            del buffers
+            boxes = looked_up.result()
+        ragged = RaggedTables(counted(metadata_count, frame), bbox_ragged)  # joined last
+    frame = frame.with_columns(boxes.columns[c] for c in (*FRAME, *BOX))
+    splits = assign_split(frame, split_unit, cfg, profile)
+    ragged_rows = ragged.metadata.flags(frame.height)
+    reason = reject_reasons(frame, ragged_rows, keys, splits, boxes.bad, cfg)
+    rejects = plan_rejects(frame, reason, splits, ragged, boxes, cfg)
     asked = [i for i, name in enumerate(splits.names) if name in (cfg.splits or ())]
     good = reason == 0
     keep = good & np.isin(splits.codes, asked) if cfg.splits else good
@@ -233,4 +345,4 @@ def make_plan(cfg: IngestConfig, profile: DatasetProfile) -> Plan:
     size = cfg.resolved_shard_size()
     samples = order_and_shard(ids, splits, order_unit, np.flatnonzero(keep), size)
     log.info("plan: %d samples, %d rejects, %d excluded", samples.height, rejects.height, excluded)
-    return Plan(frame, samples, rejects.cast(REJECT_SCHEMA), size, excluded, clipped)
+    return Plan(frame, samples, rejects, size, excluded, clipped)

@@ -10,6 +10,7 @@ formats the paths of its own shard from the path parts (`path_parts`).
 
 from __future__ import annotations
 
+import codecs
 import csv
 import os
 import re
@@ -35,6 +36,8 @@ READ_AHEAD_ENV = "POLARS_CSV_CHUNK_PREFETCH_LIMIT"
 READ_AHEAD_CHUNKS = 4
 
 
+HEAD_BYTES = 65536  # read to find the header line and check the text is UTF-8
+
 # BIOSCAN-5M's metadata is also distributed zipped; say what to do rather than "binary"
 ARCHIVES = (
     (b"PK\x03\x04", "zip archive", "unzip"),
@@ -49,14 +52,18 @@ def read_header(path: Path, delimiter: str) -> list[str]:
     if not path.is_file():
         raise BionasError(f"{path}: no such file")
     with open(path, "rb") as handle:
-        head = handle.read(65536)
+        head = handle.read(HEAD_BYTES)
     for magic, kind, how in ARCHIVES:
         if head.startswith(magic):
             raise BionasError(f"{path} is a {kind}, not a CSV/TSV text file: {how} it first")
     if b"\x00" in head:
         raise BionasError(f"{path} is not a CSV/TSV text file (it contains binary data)")
-    try:  # utf-8-sig: a byte-order mark (a spreadsheet's export) is not part of a name
-        first = head.decode("utf-8-sig").splitlines()[0] if head else ""
+    # utf-8-sig: a byte-order mark (a spreadsheet's export) is not part of a name; the
+    # incremental decoder keeps a character cut by the end of the read for later (none comes)
+    decoder = codecs.getincrementaldecoder("utf-8-sig")()
+    try:
+        text = decoder.decode(head, final=len(head) < HEAD_BYTES)
+        first = text.splitlines()[0] if text else ""
     except UnicodeDecodeError as exc:
         raise BionasError(f"{path} is not a UTF-8 CSV/TSV text file ({exc.reason})") from exc
     header = next(csv.reader([first], delimiter=delimiter), [])
@@ -75,6 +82,26 @@ def require_columns(
         raise BionasError(
             f"{owner} needs column(s) {', '.join(missing)}, which {path} does not have "
             f"(it has: {shown})"
+        )
+
+
+def require_unique_columns(path: Path, header: list[str], needed: list[str]) -> None:
+    """Refuse a header that names a needed column twice: which copy is meant is unknowable.
+
+    Polars would read the first and rename the second `<name>_duplicated_0`, so every value
+    might come from the wrong copy. Repeated names among columns bionas does not read are
+    left alone.
+    """
+    repeated = [name for name in dict.fromkeys(needed) if header.count(name) > 1]
+    if repeated:
+        where = "; ".join(
+            f"'{name}' is columns "
+            + ", ".join(str(i + 1) for i, column in enumerate(header) if column == name)
+            for name in repeated
+        )
+        raise BionasError(
+            f"{path}: its header names a column bionas reads more than once ({where}), so "
+            "which copy holds the values is unknown: rename or remove the extra copies"
         )
 
 
@@ -169,7 +196,11 @@ def scan_metadata(cfg: IngestConfig, profile: DatasetProfile) -> pl.LazyFrame:
     require_columns(
         cfg.metadata, header, columns, owner=f"profile {profile.name!r} ({profile.source})"
     )
-    lf = pl.scan_csv(cfg.metadata, separator=profile.delimiter, infer_schema=False).select(columns)
+    require_unique_columns(cfg.metadata, header, columns)
+    # a row with too many fields is kept (and rejected by the plan: `ragged`), not an error
+    lf = pl.scan_csv(
+        cfg.metadata, separator=profile.delimiter, infer_schema=False, truncate_ragged_lines=True
+    ).select(columns)
     if cfg.limit is not None:
         lf = lf.head(cfg.limit)
     raw_parts = [
@@ -188,7 +219,9 @@ def scan_bbox(path: Path) -> pl.LazyFrame:
     """Lazy scan of the bbox table: processid, the frame size and the box, as Float64."""
     header = read_header(path, "\t")
     require_columns(path, header, list(BBOX_COLUMNS[:7]))
-    lf = pl.scan_csv(path, separator="\t", infer_schema=False).select(BBOX_COLUMNS[:7])
+    require_unique_columns(path, header, list(BBOX_COLUMNS[:7]))
+    lf = pl.scan_csv(path, separator="\t", infer_schema=False, truncate_ragged_lines=True)
+    lf = lf.select(BBOX_COLUMNS[:7])
     return lf.with_columns(
         pl.col(c).str.strip_chars().cast(pl.Float64, strict=False) for c in (*FRAME, *BOX)
     )

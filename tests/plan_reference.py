@@ -77,10 +77,12 @@ def clip_bbox(boxes: pl.DataFrame) -> pl.DataFrame:
     """Clip boxes to the frame; flag boxes that are malformed, degenerate or wholly outside
     (kept as is, for the reject detail).
 
-    A box is four finite numbers or none at all: some coordinates given but not four
-    finite ones (an empty or unreadable cell, `nan`, `inf`) make it malformed. A frame
-    size that is not a positive finite number counts as unknown (null; the default
-    frame is assumed for clipping and the image's own size is used when cropping).
+    A bbox row claims a box: anything but four finite numbers (an empty or unreadable
+    cell, `nan`, `inf`, in some coordinates or all four) is malformed; a processid without
+    a bbox row has no box (since issue 11; before, four missing coordinates were no box
+    either). A frame size that is not a positive finite number counts as unknown (null;
+    the default frame is assumed for clipping and the image's own size is used when
+    cropping).
     """
     boxes = boxes.with_columns(
         pl.when(pl.col(c).is_finite() & (pl.col(c) > 0)).then(pl.col(c)).alias(c) for c in FRAME
@@ -88,7 +90,7 @@ def clip_bbox(boxes: pl.DataFrame) -> pl.DataFrame:
     w = pl.col("width_original").fill_null(DEFAULT_FRAME[0])
     h = pl.col("height_original").fill_null(DEFAULT_FRAME[1])
     has_box = pl.all_horizontal(pl.col(c).is_finite().fill_null(False) for c in BOX)
-    malformed = pl.any_horizontal(pl.col(c).is_not_null() for c in BOX) & ~has_box
+    malformed = pl.col("_bbox_row").fill_null(False) & ~has_box
     clipped = {
         "x0": pl.max_horizontal(pl.col("x0"), 0.0),
         "y0": pl.max_horizontal(pl.col("y0"), 0.0),
@@ -109,11 +111,18 @@ def clip_bbox(boxes: pl.DataFrame) -> pl.DataFrame:
 
 def _join_bbox(lf: pl.LazyFrame, cfg: IngestConfig) -> pl.LazyFrame:
     if cfg.bbox is None:
-        return lf.with_columns(pl.lit(None, pl.Float64).alias(c) for c in (*FRAME, *BOX))
+        return lf.with_columns(
+            *(pl.lit(None, pl.Float64).alias(c) for c in (*FRAME, *BOX)),
+            pl.lit(None, pl.Boolean).alias("_bbox_row"),
+        )
     bbox = pl.scan_csv(cfg.bbox, separator="\t", infer_schema=False).select(BBOX_COLUMNS[:7])
-    bbox = bbox.with_columns(
-        pl.col(c).str.strip_chars().cast(pl.Float64, strict=False) for c in (*FRAME, *BOX)
-    ).filter(pl.col("processid").is_first_distinct())
+    bbox = (
+        bbox.with_columns(
+            pl.col(c).str.strip_chars().cast(pl.Float64, strict=False) for c in (*FRAME, *BOX)
+        )
+        .filter(pl.col("processid").is_first_distinct())
+        .with_columns(pl.lit(True).alias("_bbox_row"))
+    )
     return lf.join(bbox, on=ID, how="left", maintain_order="left")
 
 

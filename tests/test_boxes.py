@@ -32,13 +32,13 @@ def test_boxes_are_looked_up_checked_and_clipped():
             ("c", 1024.0, 768.0, 50.0, 50.0, 40.0, 60.0),  # degenerate: bad, kept as given
             ("d", 1024.0, 768.0, None, 1.0, 2.0, 3.0),  # partly empty: malformed
             ("e", 1024.0, 768.0, math.nan, math.nan, math.nan, math.nan),  # nan: malformed
-            ("f", None, None, None, None, None, None),  # no box at all: fine
+            ("f", None, None, None, None, None, None),  # a bbox row without a box: bad
             ("a", 1024.0, 768.0, 1.0, 1.0, 2.0, 2.0),  # a later row for "a": ignored
         ]
     )
     ids = pl.Series(["a", "b", "c", "d", "e", "f", "missing", None])
     boxes = lookup_boxes(ids, bbox)
-    assert boxes.bad.tolist() == [False, False, True, True, True, False, False, False]
+    assert boxes.bad.tolist() == [False, False, True, True, True, True, False, False]
     assert boxes.clipped.tolist() == [True, False, False, False, False, False, False, False]
     assert values(boxes, "x0")[:3] == [0.0, 10.0, 50.0]
     assert values(boxes, "x1")[:3] == [1024.0, 100.0, 40.0]

@@ -21,7 +21,7 @@ def dataset(tmp_path_factory):
     out = tmp_path_factory.mktemp("real") / "ds"
     run_cli(
         "ingest", FIXTURE / "metadata.csv", "--images", FIXTURE / "images" / "original_full",
-        "--out", out, "--target", "family", "--min-class-count", "3",
+        "--out", out, "--target", "family", "--min-class-count", "4",
         "--split-source", "official", "--size", "128", "--workers", "1", "--quiet",
     )  # fmt: skip
     return out
@@ -37,9 +37,15 @@ def test_real_photos_without_bbox_are_resized_whole_and_keep_their_labels(datase
         assert sample["record"]["bbox"] is None
 
 
-def test_family_vocab_folds_rare_families(dataset):
+def test_families_with_fewer_than_4_photos_fold_into_other(dataset):
+    # the fixture's 18 photos: Chironomidae 6, four other families 3 each
     vocab = json.loads((dataset / "manifests" / "vocab_family.json").read_text())
-    assert vocab["values"][0] == "<unk>"
+    assert vocab["min_count"] == 4
+    assert vocab["values"] == ["<unk>", "Chironomidae", "Other"]
+    assert vocab["counts"][1:] == [6, 12]
+    assert vocab["folded"] == {
+        "Agromyzidae": 3, "Drosophilidae": 3, "Muscidae": 3, "Sciaridae": 3
+    }  # fmt: skip
     assert sum(vocab["counts"]) == 18
 
 
@@ -52,7 +58,7 @@ def test_smoke_train_and_predict_on_real_photos(dataset, tmp_path, torch_single_
     )  # fmt: skip
     photo = sorted((FIXTURE / "images" / "original_full" / "test").glob("*.jpg"))[0]
     result = run_cli("predict", run, photo, "--top-k", "2")
-    body = json.loads(result.output)
+    body = json.loads(result.stdout)  # a note about the supernet goes to stderr
     entry = body["predictions"][0]
     assert entry["image"] == str(photo) and body["target"] == "family"
     probabilities = [p["probability"] for p in entry["top_k"]]

