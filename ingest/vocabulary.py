@@ -10,7 +10,7 @@ import polars as pl
 
 from bionas.errors import BionasError
 from bionas.ingest.profiles import DatasetProfile
-from bionas.ingest.scan import read_header, require_columns
+from bionas.ingest.scan import read_header, require_columns, require_unique_columns
 from bionas.manifests.align import align_vocabs
 from bionas.manifests.manifest import MANIFEST_NAME, VOCAB_DIR, load_manifest, write_manifest
 from bionas.manifests.vocab import Vocab, build_vocab, load_vocab, vocab_filename, write_vocab
@@ -39,12 +39,11 @@ def count_values(
         if not profile.split_column:
             raise BionasError(f"profile {profile.name!r} has no split column: drop --count-splits")
         needed.append(profile.split_column)
+    header = read_header(cfg.metadata, profile.delimiter)
     require_columns(
-        cfg.metadata,
-        read_header(cfg.metadata, profile.delimiter),
-        needed,
-        owner=f"profile {profile.name!r} ({profile.source})",
+        cfg.metadata, header, needed, owner=f"profile {profile.name!r} ({profile.source})"
     )
+    require_unique_columns(cfg.metadata, header, needed)
     lf = pl.scan_csv(cfg.metadata, separator=profile.delimiter, infer_schema=False)
     if cfg.count_splits:
         lf = lf.filter(pl.col(profile.split_column).str.strip_chars().is_in(list(cfg.count_splits)))

@@ -194,3 +194,17 @@ def test_regenerated_vocab_changes_the_trainers_class_count_without_touching_sha
     new = json.loads((tmp_path / "run2" / "config.json").read_text())["class_names"]
     assert new == order["values"][1:] and new[-1] == "Other"
     assert 2 <= len(new) < len(old)
+
+
+def test_bionas_vocab_refuses_a_table_that_names_a_needed_column_twice(tmp_path):
+    from click.testing import CliRunner
+
+    from bionas.cli import main
+
+    table = tmp_path / "meta.csv"
+    table.write_text("processid,order,order,split\nA1,Diptera,Hymenoptera,train\n")
+    result = CliRunner().invoke(
+        main, ["vocab", str(table), "--out", str(tmp_path / "v"), "--field", "order"]
+    )
+    assert result.exit_code != 0 and "order" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "v").exists()
