@@ -53,6 +53,7 @@ class IngestConfig:
     )
     limit: int | None = None
     with_barcode: bool = False
+    overwrite: bool = False  # replace a dataset made with other options (else: refuse)
 
     def __post_init__(self) -> None:
         if self.split_source not in ("official", "random"):
@@ -114,6 +115,7 @@ class IngestConfig:
             "profile_file",
             "executor",
             "ray_address",
+            "overwrite",
         ):
             body.pop(key)
         body["shard_size"] = self.resolved_shard_size()

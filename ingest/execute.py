@@ -2,12 +2,8 @@
 
 A shard's metadata rows are gathered from the plan's frame just before its task is sent
 to a worker, a few tasks ahead of the workers, so the parent never holds a second copy
-of all rows and the gathering overlaps the image work.
-
-Resume: after each shard is renamed into place, a small state record (its ShardInfo,
-the sha256 of its planned keys, its rejects) is written under `DATASET_DIR/.state/`.
-A rerun keeps every shard whose file still hashes to its record and whose planned keys
-are unchanged, and redoes the rest, so the result is byte-identical to one clean run.
+of all rows and the gathering overlaps the image work. Which shards an earlier run
+already wrote is decided before, in `resume`.
 """
 
 from __future__ import annotations
@@ -21,6 +17,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
+from functools import partial
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -31,15 +28,17 @@ from tqdm import tqdm
 
 from bionas import __version__
 from bionas.ingest.config import IngestConfig
-from bionas.ingest.images import ImageReject, ImageSpec, process_image
+from bionas.ingest.images import ImageReject, ImageSpec, process_image, read_image
 from bionas.ingest.plan import REJECT_SCHEMA, Plan
 from bionas.ingest.profiles import ID, OFFICIAL_SPLIT, DatasetProfile
 from bionas.ingest.scan import BOX, FRAME, PATH, path_expression, path_parts
+from bionas.ingest.signals import exit_with_parent, stop_workers
+from bionas.ingest.transient import TransientReadError, raise_if_transient
+from bionas.safe_paths import real_root
 from bionas.shards.format import encode_record, shard_name
-from bionas.shards.writer import Sample, ShardInfo, file_sha256, write_shard
+from bionas.shards.writer import Sample, ShardInfo, write_shard
 
 log = logging.getLogger(__name__)
-STATE_DIR = ".state"
 IN_FLIGHT_PER_WORKER = 2  # tasks sent ahead per worker, so none waits for its next shard
 
 _progress: Any = None  # a shared counter of processed images, set in each worker
@@ -155,16 +154,18 @@ def write_task(task: ShardTask, rows: pl.DataFrame) -> ShardResult:
     """Write one shard from its metadata `rows`; images that fail become rejects."""
     samples, rejects = [], []
     rows = rows.with_columns(path_expression(task.image_path, task.path_parts))
+    root = real_root(task.images_root)  # every path must resolve to a file inside it
     for row in rows.iter_rows(named=True):
         key = row[ID]
         try:
-            data = (task.images_root / row[PATH]).read_bytes()
+            data = read_image(root, row[PATH], task.spec)
             box = row.get("x0")
             bbox = tuple(row[c] for c in BOX) if box is not None else None
             jpg = process_image(data, bbox, task.spec, _frame(row))
         except FileNotFoundError as exc:
             rejects.append(_reject(key, task.split, "missing_file", f"{exc.filename}"))
         except OSError as exc:
+            raise_if_transient(exc, os.path.join(root, row[PATH]))  # EIO: fail the shard
             rejects.append(_reject(key, task.split, "unreadable_file", str(exc)))
         except ImageReject as exc:
             rejects.append(_reject(key, task.split, exc.reason, exc.detail))
@@ -186,117 +187,124 @@ def _init_worker(counter: Any) -> None:
     _progress = counter
 
 
-def state_path(out: Path, task: ShardTask) -> Path:
-    return out / STATE_DIR / task.split / f"{task.path.name}.json"
+def _init_pool_worker(counter: Any, parent_pid: int) -> None:
+    _init_worker(counter)
+    exit_with_parent(parent_pid)  # a killed parent leaves no worker writing behind it
 
 
-def kept_result(out: Path, task: ShardTask) -> ShardResult | None:
-    """The recorded result of a shard from an earlier run, if the file still matches it."""
-    path = state_path(out, task)
-    if not path.exists() or not task.path.exists():
-        return None
-    try:
-        result = ShardResult.from_json(json.loads(path.read_text()))
-    except (ValueError, KeyError, TypeError):
-        return None
-    if result.recipe_sha256 != task.recipe_sha256 or result.info.bytes != task.path.stat().st_size:
-        return None
-    return result if file_sha256(task.path) == result.info.sha256 else None
+@dataclass(frozen=True)
+class ShardFailure:
+    """A shard not written because reading one of its images failed transiently."""
 
-
-def save_state(out: Path, task: ShardTask, result: ShardResult) -> None:
-    path = state_path(out, task)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(result.to_json(), sort_keys=True))
-    os.replace(tmp, path)
+    split: str
+    index: int
+    error: TransientReadError
 
 
 @dataclass(frozen=True)
 class ExecuteResult:
-    results: list[ShardResult]  # sorted by (split, index)
+    results: list[ShardResult]  # the shards written in this run, sorted by (split, index)
+    failures: list[ShardFailure]  # shards left for a rerun, sorted by (split, index)
     processed: int  # images processed in this run (not kept from an earlier one)
-    kept_shards: int
     seconds: float
 
 
+Finish = Callable[[ShardTask, ShardResult], None]  # records a shard as it lands
+Settle = Callable[[ShardTask, Callable[[], ShardResult]], None]  # takes a shard's outcome
+
+
 def execute(
-    tasks: list[ShardTask],
+    todo: list[ShardTask],
     fetch: FetchRows,
-    out: Path,
+    finish: Finish,
     workers: int,
     progress: bool = True,
     executor: str = "local",
     ray_address: str | None = None,
+    done_images: int = 0,
 ) -> ExecuteResult:
-    """Write every shard not already done; return all shard results in plan order.
+    """Write the shards of `todo`, calling `finish(task, result)` as each one lands.
 
-    `fetch(task.frame_rows)` gives a task's metadata rows, called just before the task runs.
+    `fetch(task.frame_rows)` gives a task's metadata rows, called just before the task
+    runs. A shard whose image read fails transiently becomes a failure (redone on a
+    rerun) while the others go on; any other exception (an output error, an interrupt)
+    stops the workers and propagates. `done_images`: images of shards kept from an
+    earlier run, where the progress bar starts.
     """
     start = time.perf_counter()
-    done: dict[tuple[str, int], ShardResult] = {}
-    todo = []
-    for task in tasks:
-        kept = kept_result(out, task)
-        if kept is not None:
-            done[(task.split, task.index)] = kept
+    results: list[ShardResult] = []
+    failures: list[ShardFailure] = []
+
+    def settle(task: ShardTask, outcome: Callable[[], ShardResult]) -> None:
+        try:
+            result = outcome()
+        except TransientReadError as err:
+            log.info("shard %s-%06d left for a rerun: %s", task.split, task.index, err)
+            failures.append(ShardFailure(task.split, task.index, err))
         else:
-            todo.append(task)
-    total = sum(t.size for t in tasks)
-    initial = total - sum(t.size for t in todo)
-    bar = tqdm(total=total, initial=initial, unit="img", desc="ingest", disable=not progress,
-               dynamic_ncols=True, smoothing=0.1)  # fmt: skip
+            finish(task, result)
+            results.append(result)
 
-    def finish(task: ShardTask, result: ShardResult) -> None:
-        save_state(out, task, result)
-        done[(task.split, task.index)] = result
+    total = done_images + sum(t.size for t in todo)
+    bar = tqdm(total=total, initial=done_images, unit="img", desc="ingest",
+               disable=not progress, dynamic_ncols=True, smoothing=0.1)  # fmt: skip
+    try:
+        if executor == "ray":
+            from bionas.ingest.execute_ray import run_ray
 
-    if executor == "ray":
-        from bionas.ingest.execute_ray import run_ray
+            processed = run_ray(todo, fetch, settle, bar.update, workers, ray_address)
+        elif workers <= 1:
+            processed = _run_inline(todo, fetch, settle, bar.update)
+        else:
+            processed = _run_pool(todo, fetch, settle, bar.update, workers)
+    finally:
+        bar.close()  # before an error message, which would otherwise share the bar's line
+    results.sort(key=lambda r: (r.split, r.index))
+    failures.sort(key=lambda f: (f.split, f.index))
+    return ExecuteResult(results, failures, processed, time.perf_counter() - start)
 
-        processed = run_ray(todo, fetch, finish, bar.update, workers, ray_address)
-    elif workers <= 1:
-        processed = _run_inline(todo, fetch, finish, bar.update)
-    else:
-        processed = _run_pool(todo, fetch, finish, bar.update, workers)
-    bar.close()
-    results = [done[k] for k in sorted(done)]
-    return ExecuteResult(results, processed, len(tasks) - len(todo), time.perf_counter() - start)
 
-
-def _run_inline(todo: list[ShardTask], fetch: FetchRows, finish, advance) -> int:
+def _run_inline(todo: list[ShardTask], fetch: FetchRows, settle: Settle, advance) -> int:
     counter = mp.get_context("spawn").Value("q", 0)
     _init_worker(counter)
     try:
         for task in todo:
             before = counter.value
-            finish(task, write_task(task, fetch(task.frame_rows)))
+            settle(task, partial(write_task, task, fetch(task.frame_rows)))
             advance(counter.value - before)
     finally:
         _init_worker(None)
     return int(counter.value)
 
 
-def _run_pool(todo: list[ShardTask], fetch: FetchRows, finish, advance, workers: int) -> int:
+def _run_pool(
+    todo: list[ShardTask], fetch: FetchRows, settle: Settle, advance, workers: int
+) -> int:
     # spawn, not fork: the parent holds Polars' thread pool, which fork can deadlock
     context = mp.get_context("spawn")
     counter = context.Value("q", 0)
     seen = 0
     queue = iter(todo)
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
-                             initargs=(counter,)) as pool:  # fmt: skip
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_pool_worker,
+                             initargs=(counter, os.getpid())) as pool:  # fmt: skip
         pending: dict = {}
-        while True:
-            for task in islice(queue, IN_FLIGHT_PER_WORKER * workers - len(pending)):
-                pending[pool.submit(write_task, task, fetch(task.frame_rows))] = task
-            if not pending:
-                break
-            finished, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-            for future in finished:
-                finish(pending.pop(future), future.result())
-            now = counter.value
-            advance(now - seen)
-            seen = now
+        try:
+            while True:
+                for task in islice(queue, IN_FLIGHT_PER_WORKER * workers - len(pending)):
+                    pending[pool.submit(write_task, task, fetch(task.frame_rows))] = task
+                if not pending:
+                    break
+                finished, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    settle(pending.pop(future), future.result)
+                now = counter.value
+                advance(now - seen)
+                seen = now
+        except BaseException:
+            # an output error or an interrupt: shards in flight are abandoned, not awaited
+            pool.shutdown(wait=False, cancel_futures=True)
+            stop_workers()
+            raise
     return int(counter.value)
 
 

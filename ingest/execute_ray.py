@@ -8,13 +8,14 @@ must be on storage every Ray node can write (the same path on each node).
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from itertools import islice
 
 from bionas.errors import BionasError
 from bionas.ingest.execute import (
     IN_FLIGHT_PER_WORKER,
     FetchRows,
-    ShardResult,
+    Settle,
     ShardTask,
     write_task,
 )
@@ -25,14 +26,16 @@ INSTALL_HINT = "Ray is not installed: pip install 'bionas[ray]' (or pip install 
 def run_ray(
     todo: list[ShardTask],
     fetch: FetchRows,
-    finish: Callable[[ShardTask, ShardResult], None],
+    settle: Settle,
     advance: Callable[[int], object],
     workers: int,
     address: str | None,
 ) -> int:
     """Run `write_task` for every shard as a Ray task; return the images processed.
 
-    Tasks are sent a few per cluster CPU ahead, each with its rows fetched just then.
+    Tasks are sent a few per cluster CPU ahead, each with its rows fetched just then;
+    `settle(task, outcome)` takes each outcome (`ray.get` raises a task's exception as
+    an instance of its own class, so a TransientReadError fails only its shard).
     """
     try:
         import ray
@@ -54,7 +57,7 @@ def run_ray(
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
             for ref in ready:
                 task = pending.pop(ref)
-                finish(task, ray.get(ref))
+                settle(task, partial(ray.get, ref))
                 processed += task.size
                 advance(task.size)
     finally:

@@ -1,20 +1,32 @@
-"""`bionas ingest` end to end: plan -> execute -> record."""
+"""`bionas ingest` end to end: plan -> execute -> record.
+
+The dataset folder is consistent at every instant (SPEC §8). Under the lock of --out,
+after checking that a finished dataset there has this run's recipe (or --overwrite),
+and after deciding which shards are kept (which only reads), `manifest.json` is set
+aside for `manifest.incomplete.json` before any file is touched; every file is then
+written atomically, and `manifest.json` last. A crash, Ctrl-C, SIGTERM or full disk at
+any point leaves a folder that readers refuse as unfinished and a rerun resumes.
+"""
 
 from __future__ import annotations
 
+import io
 import logging
-import re
+import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import polars as pl
 
 from bionas.errors import BionasError
 from bionas.ingest.config import IngestConfig
-from bionas.ingest.execute import STATE_DIR, build_tasks, execute, rejects_frame
-from bionas.ingest.plan import make_plan
+from bionas.ingest.execute import ShardFailure, ShardResult, build_tasks, execute, rejects_frame
+from bionas.ingest.outdir import locked, output_error, sweep_temp_files
+from bionas.ingest.plan import Plan, make_plan
 from bionas.ingest.preflight import check_image_root, sampled_paths
-from bionas.ingest.profiles import resolve_profile
+from bionas.ingest.profiles import DatasetProfile, resolve_profile
+from bionas.ingest.recipe import refuse_other_recipe, resume_command, run_recipe
 from bionas.ingest.record import (
     build_vocabularies,
     class_counts,
@@ -22,11 +34,20 @@ from bionas.ingest.record import (
     landed_samples,
     manifest_body,
 )
-from bionas.manifests.manifest import REJECTS_NAME, SHARD_DIR, VOCAB_DIR, write_manifest
+from bionas.ingest.resume import partition, save_state, stale_files
+from bionas.ingest.signals import sigterm_as_interrupt
+from bionas.manifests.manifest import (
+    REJECTS_NAME,
+    SHARD_DIR,
+    VOCAB_DIR,
+    clear_incomplete,
+    mark_incomplete,
+    write_manifest,
+)
 from bionas.manifests.vocab import write_vocab
+from bionas.shards.atomic import write_atomic
 
 log = logging.getLogger(__name__)
-_SHARD_FILE = re.compile(r"^[a-z_]+-\d{6}\.tar(\.zst)?(\.tmp)?$")
 
 
 @dataclass(frozen=True)
@@ -47,61 +68,99 @@ class IngestSummary:
 
 
 def run_ingest(cfg: IngestConfig, progress: bool = True) -> IngestSummary:
-    profile = resolve_profile(cfg.profile, cfg.profile_file)
-    if not cfg.images.is_dir():
-        raise BionasError(f"--images {cfg.images}: no such folder")
-    plan = make_plan(cfg, profile)
-    if plan.samples.height == 0:
-        raise BionasError(
-            f"no usable rows in {cfg.metadata}: {plan.rejects.height} rejected, "
-            f"{plan.excluded} outside --splits"
-        )
-    check_image_root(cfg.images, sampled_paths(plan, profile))
-    cfg.out.mkdir(parents=True, exist_ok=True)
-    shard_dir = cfg.out / SHARD_DIR
+    """Plan, then write the dataset (SIGTERM stops it as Ctrl-C does: resumable)."""
+    with sigterm_as_interrupt():
+        profile = resolve_profile(cfg.profile, cfg.profile_file)
+        if not cfg.images.is_dir():
+            raise BionasError(f"--images {cfg.images}: no such folder")
+        plan = make_plan(cfg, profile)
+        if plan.samples.height == 0:
+            raise BionasError(
+                f"no usable rows in {cfg.metadata}: {plan.rejects.height} rejected, "
+                f"{plan.excluded} outside --splits"
+            )
+        check_image_root(cfg.images, sampled_paths(plan, profile))
+        try:
+            with locked(cfg.out):
+                try:
+                    return write_dataset(cfg, profile, plan, progress)
+                finally:
+                    sweep_temp_files(cfg.out)  # what an error or interrupt left
+        except OSError as exc:
+            error = output_error(exc, cfg.out)
+            if error is None:
+                raise
+            raise error from None
+
+
+def write_dataset(
+    cfg: IngestConfig, profile: DatasetProfile, plan: Plan, progress: bool
+) -> IngestSummary:
+    """Write (or resume) the dataset of `plan` into `cfg.out`; the caller holds its lock."""
+    start = time.perf_counter()
+    sweep_temp_files(cfg.out)
     inputs = input_entries(cfg)  # hashed once: the manifest and resume both use it
-    tasks = build_tasks(plan, cfg, profile, shard_dir, inputs)
-    remove_stale_shards(shard_dir, {t.path for t in tasks})
-    run = execute(
-        tasks, plan.rows, cfg.out, cfg.worker_count, progress, cfg.executor, cfg.ray_address
+    recipe = run_recipe(cfg, profile, inputs)
+    if not cfg.overwrite:
+        refuse_other_recipe(cfg.out, recipe)
+    tasks = build_tasks(plan, cfg, profile, cfg.out / SHARD_DIR, inputs)
+    kept, todo = partition(tasks, cfg.out, plan.rows)
+    # from here until manifest.json is back, readers see an unfinished dataset
+    mark_incomplete(cfg.out, {"recipe": recipe, "command": resume_command(cfg)})
+    for path in stale_files(cfg.out, {t.path for t in tasks}):
+        log.info("removing stale %s", path)
+        path.unlink()
+    done_images = sum(t.size for t in tasks) - sum(t.size for t in todo)
+    run = execute(todo, plan.rows, partial(save_state, cfg.out), cfg.worker_count, progress,
+                  cfg.executor, cfg.ray_address, done_images)  # fmt: skip
+    if run.failures:
+        raise transient_failure(run.failures)
+    results = sorted([*kept, *run.results], key=lambda r: (r.split, r.index))
+    body = record(cfg, profile, plan, results, inputs)
+    write_manifest(cfg.out, body)  # last: from now on the dataset is finished
+    clear_incomplete(cfg.out)
+    return IngestSummary(
+        out=cfg.out,
+        samples={s: e["samples"] for s, e in body["splits"].items()},
+        shards=len(results),
+        kept_shards=len(kept),
+        rejects=body["rejects"]["by_reason"],
+        excluded=plan.excluded,
+        clipped_bboxes=plan.clipped_bboxes,
+        processed=run.processed,
+        seconds=time.perf_counter() - start,
     )
 
-    image_rejects = rejects_frame(run.results)
+
+def record(
+    cfg: IngestConfig,
+    profile: DatasetProfile,
+    plan: Plan,
+    results: list[ShardResult],
+    inputs: dict,
+) -> dict:
+    """Write rejects.parquet and the vocabularies (atomically); return the manifest body."""
+    image_rejects = rejects_frame(results)
     # stable: ties (a duplicated id listed under two splits) keep file order
     rejects = pl.concat([plan.rejects, image_rejects]).sort(
         ["stage", "processid", "reason"], maintain_order=True
     )
-    rejects.write_parquet(cfg.out / REJECTS_NAME)
+    buffer = io.BytesIO()
+    rejects.write_parquet(buffer)
+    write_atomic(cfg.out / REJECTS_NAME, buffer.getvalue())
     landed = landed_samples(plan.samples, image_rejects)
     vocabs = build_vocabularies(plan.frame, landed, cfg, profile)
     for vocab in vocabs.values():
         write_vocab(vocab, cfg.out / VOCAB_DIR)
     counts = class_counts(plan.frame, landed, vocabs[cfg.target])
     extra = {"excluded_by_split": plan.excluded, "clipped_bboxes": plan.clipped_bboxes}
-    body = manifest_body(cfg, profile, run.results, vocabs, counts, rejects, inputs, extra)
-    write_manifest(cfg.out, body)
-    return IngestSummary(
-        out=cfg.out,
-        samples={s: e["samples"] for s, e in body["splits"].items()},
-        shards=len(run.results),
-        kept_shards=run.kept_shards,
-        rejects=body["rejects"]["by_reason"],
-        excluded=plan.excluded,
-        clipped_bboxes=plan.clipped_bboxes,
-        processed=run.processed,
-        seconds=run.seconds,
+    return manifest_body(cfg, profile, results, vocabs, counts, rejects, inputs, extra)
+
+
+def transient_failure(failures: list[ShardFailure]) -> BionasError:
+    first = failures[0].error
+    return BionasError(
+        f"{len(failures)} shard(s) not written: reading {first.path} failed ({first.error}), "
+        "an error that may pass; rerun the same command to retry them (finished shards "
+        "are kept). If it persists, fix or remove that file (a missing file is a reject)."
     )
-
-
-def remove_stale_shards(shard_dir: Path, planned: set[Path]) -> None:
-    """Delete shard files (and temporaries) of ours that the current plan does not write."""
-    if not shard_dir.is_dir():
-        return
-    for path in shard_dir.glob("*/*"):
-        if _SHARD_FILE.match(path.name) and path not in planned:
-            log.info("removing stale %s", path)
-            path.unlink()
-    state = shard_dir.parent / STATE_DIR
-    for path in state.glob("*/*.json") if state.is_dir() else []:
-        if shard_dir / path.parent.name / path.name.removesuffix(".json") not in planned:
-            path.unlink()

@@ -14,6 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bionas.shards.atomic import write_atomic
+
 UNKNOWN = "<unk>"
 OTHER = "Other"
 SCHEMA = "bionas.vocab/1"
@@ -123,12 +125,11 @@ def vocab_filename(field_name: str) -> str:
 
 
 def write_vocab(vocab: Vocab, directory: Path) -> Path:
-    """Write `vocab_<field>.json` (atomically) and return its path."""
+    """Write `vocab_<field>.json` (atomically, fsynced) and return its path."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / vocab_filename(vocab.field)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(vocab.to_json(), indent=1, ensure_ascii=False) + "\n")
-    tmp.replace(path)
+    text = json.dumps(vocab.to_json(), indent=1, ensure_ascii=False) + "\n"
+    write_atomic(path, text.encode())
     return path
 
 

@@ -2,15 +2,15 @@
 
 Every member gets fixed metadata (mtime 0, uid/gid 0, no user names, mode 0644) and
 members are written in the order given, so the same samples give the same bytes. A
-shard is written under a temporary name, fsynced, then renamed into place: a crash
-leaves either the complete shard or a stray `.tmp` file, never a half shard.
+shard is written under a temporary name, fsynced, then renamed into place
+(`shards.atomic`): a crash leaves either the complete shard or a stray `.tmp` file,
+never a half shard.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import os
 import tarfile
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -18,6 +18,7 @@ from pathlib import Path
 
 import zstandard
 
+from bionas.shards.atomic import write_atomic
 from bionas.shards.format import IMAGE_EXT, RECORD_EXT
 
 ZSTD_LEVEL = 3
@@ -85,13 +86,7 @@ def write_shard(path: Path, samples: Iterable[Sample], compression: str = "none"
     data, count, first, last = tar_bytes(samples)
     data = compress(data, compression)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    write_atomic(path, data)
     return ShardInfo(
         name=path.name,
         samples=count,
@@ -100,14 +95,6 @@ def write_shard(path: Path, samples: Iterable[Sample], compression: str = "none"
         first_key=first,
         last_key=last,
     )
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def file_sha256(path: Path) -> str:

@@ -1,8 +1,10 @@
 import io
+import struct
 
 import numpy as np
 import pytest
-from PIL import Image
+from ingest_helpers import encoded, jpeg_declaring, png_declaring
+from PIL import EpsImagePlugin, Image, ImageFile, PngImagePlugin
 
 from bionas.ingest.images import ImageReject, ImageSpec, crop_box, process_image
 
@@ -92,3 +94,173 @@ def test_output_is_deterministic():
     assert process_image(data, (10, 10, 900, 700), ImageSpec()) == process_image(
         data, (10, 10, 900, 700), ImageSpec()
     )
+
+
+# --- hostile and unusual images: every failure is a reject with a reason (issue 11) ---
+
+
+def _reject(data: bytes, bbox=None, spec=ImageSpec(size=64)) -> ImageReject:
+    with pytest.raises(ImageReject) as info:
+        process_image(data, bbox, spec)
+    return info.value
+
+
+@pytest.mark.parametrize(
+    "data",
+    [png_declaring(100_000, 100_000), jpeg_declaring(60_000, 60_000)],
+    ids=["png_10_gigapixels", "jpeg_3.6_gigapixels"],
+)
+def test_a_header_declaring_a_huge_size_is_too_large(data):
+    assert _reject(data).reason == "too_large"  # Pillow's DecompressionBombError
+
+
+def test_a_size_between_our_cap_and_pillows_is_too_large():
+    reject = _reject(png_declaring(13_000, 13_000))  # 169 MP: Pillow only warns
+    assert reject.reason == "too_large" and "169000000 pixels" in reject.detail
+
+
+def test_the_pixel_cap_is_checked_before_any_pixel_is_decoded(monkeypatch):
+    loads = []
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: loads.append(self))
+    reject = _reject(_photo(size=(200, 100)), spec=ImageSpec(max_pixels=19_999))
+    assert reject.reason == "too_large" and loads == []
+
+
+def _tiny(fmt: str) -> bytes:
+    return encoded(Image.new("RGB", (40, 30), (200, 30, 30)), fmt)
+
+
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 40 30\nshowpage\n"
+OTHER_FORMATS = {
+    "gif": _tiny("GIF"), "tiff": _tiny("TIFF"), "bmp": _tiny("BMP"), "webp": _tiny("WEBP"),
+    "ico": _tiny("ICO"), "eps": EPS, "gif_13_bytes": _tiny("GIF")[:13],
+    "tiff_20_bytes": _tiny("TIFF")[:20], "bmp_20_bytes": _tiny("BMP")[:20],
+    "webp_30_bytes": _tiny("WEBP")[:30],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("data", OTHER_FORMATS.values(), ids=OTHER_FORMATS.keys())
+def test_formats_a_photo_cannot_be_are_not_images_even_when_valid(data):
+    reject = _reject(data)
+    assert reject.reason == "not_an_image" and "not a JPEG or PNG" in reject.detail
+
+
+def test_eps_is_never_opened(monkeypatch):
+    opened = []
+    monkeypatch.setattr(EpsImagePlugin.EpsImageFile, "_open", lambda self: opened.append(1))
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", lambda *a, **k: opened.append(2))
+    assert _reject(EPS).reason == "not_an_image"
+    assert opened == []
+
+
+def test_mpo_photos_are_accepted_and_match_their_first_frame():
+    first = Image.new("RGB", (400, 300), (200, 30, 30))
+    mpo = encoded(first, "MPO", save_all=True, append_images=[Image.new("RGB", (400, 300))])
+    assert Image.open(io.BytesIO(mpo)).format == "MPO"
+    out = np.asarray(_decode(process_image(mpo, None, ImageSpec(size=64))), dtype=float)
+    assert out.shape == (64, 85, 3) and abs(out.mean(axis=(0, 1)) - (200, 30, 30)).max() < 6
+
+
+DECODE_ERRORS = [
+    ValueError("bad"), NotImplementedError("mode"), SyntaxError("bad"), struct.error("short"),
+    IndexError("list"), KeyError("tag"), OSError("broken data stream"), RecursionError("deep"),
+    ZeroDivisionError("x"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("error", DECODE_ERRORS, ids=lambda e: type(e).__name__)
+def test_any_exception_while_decoding_is_a_corrupt_image_reject_naming_it(monkeypatch, error):
+    def fail(self):
+        raise error
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", fail)
+    reject = _reject(_photo(size=(128, 96), fmt="PNG"))
+    assert reject.reason == "corrupt_image"
+    assert reject.detail.startswith(f"cannot decode: {type(error).__name__}: ")
+
+
+@pytest.mark.parametrize("error", DECODE_ERRORS, ids=lambda e: type(e).__name__)
+def test_any_exception_while_reading_the_header_is_a_reject(monkeypatch, error):
+    def fail(self):
+        raise error
+
+    monkeypatch.setattr(PngImagePlugin.PngImageFile, "_open", fail)
+    reject = _reject(_photo(size=(128, 96), fmt="PNG"))
+    # Pillow itself takes SyntaxError/IndexError/struct.error as "not this format"
+    assert reject.reason in ("corrupt_image", "not_an_image")
+
+
+def test_memory_error_is_not_taken_for_the_files_fault(monkeypatch):
+    def fail(self):
+        raise MemoryError
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", fail)
+    with pytest.raises(MemoryError):
+        process_image(_photo(size=(128, 96), fmt="PNG"), None, ImageSpec(size=64))
+
+
+@pytest.mark.parametrize(
+    ("size", "bbox", "reason"),
+    [
+        ((2000, 1), None, "extreme_aspect"),  # once a 512000x256 output
+        ((1, 1), None, "too_small"),  # once a blank 256x256 sample
+        ((15, 300), None, "too_small"),
+        ((1024, 768), (100, 100, 520, 120), "extreme_aspect"),  # 504x24 crop with margin
+        ((1024, 768), (100, 100, 112, 112), "too_small"),  # 14x14 crop with margin
+    ],
+)
+def test_crops_of_no_usable_shape_are_rejected(size, bbox, reason):
+    assert _reject(_photo(size=size), bbox).reason == reason
+
+
+@pytest.mark.parametrize(("size", "out"), [((320, 16), (5120, 256)), ((16, 16), (256, 256))])
+def test_crops_at_the_limits_are_accepted(size, out):
+    assert _decode(process_image(_photo(size=size), None, ImageSpec())).size == out
+
+
+def test_an_output_wider_than_jpeg_allows_is_rejected_not_crashed():
+    reject = _reject(_photo(size=(1900, 100)), spec=ImageSpec(size=4000))  # 76000x4000
+    assert reject.reason == "extreme_aspect" and "65500" in reject.detail
+
+
+def test_16_bit_png_is_scaled_to_8_bit_not_saturated():
+    gradient = np.tile(np.linspace(0, 65535, 512), (384, 1)).astype(np.uint16)
+    png = encoded(Image.fromarray(gradient), "PNG")
+    assert Image.open(io.BytesIO(png)).mode == "I;16"
+    out = np.asarray(_decode(process_image(png, None, ImageSpec(size=96))), dtype=float)
+    assert abs(out.mean() - gradient.mean() / 257) < 2
+    assert out[:, :8].mean() < 16 and out[:, -8:].mean() > 239  # dark to light, left to right
+
+
+def test_palette_png_keeps_its_colours():
+    palette = Image.new("RGB", (128, 96), (30, 160, 60)).quantize(colors=4)
+    out = np.asarray(_decode(process_image(encoded(palette, "PNG"), None, ImageSpec(size=32))))
+    assert abs(out.reshape(-1, 3).mean(0) - (30, 160, 60)).max() < 6
+
+
+def test_transparent_pixels_are_composited_onto_white():
+    rgba = Image.new("RGBA", (128, 96), (0, 0, 0, 0))  # transparent black ...
+    rgba.paste((200, 20, 20, 255), (0, 0, 64, 96))  # ... right of an opaque red half
+    out = np.asarray(_decode(process_image(encoded(rgba, "PNG"), None, ImageSpec(size=32))))
+    assert out[:, -8:].min() > 245  # white, not black
+    assert abs(out[:, :8].reshape(-1, 3).mean(0) - (200, 20, 20)).max() < 8
+
+
+def _clear_palette_image() -> Image.Image:
+    image = Image.new("P", (64, 48), 0)
+    image.putpalette([0, 0, 0, 255, 0, 0])  # index 0 black, index 1 red
+    image.info["transparency"] = 0  # ... and index 0 transparent
+    return image
+
+
+@pytest.mark.parametrize(
+    "image", [Image.new("LA", (64, 48), (0, 0)), _clear_palette_image()], ids=["LA", "P"]
+)
+def test_grey_alpha_and_palette_transparency_become_white(image):
+    out = np.asarray(_decode(process_image(encoded(image, "PNG"), None, ImageSpec(size=32))))
+    assert out.min() > 245
+
+
+def test_one_bit_png_becomes_rgb():
+    out = _decode(process_image(encoded(Image.new("1", (64, 48), 1), "PNG"), None, ImageSpec()))
+    assert out.mode == "RGB" and np.asarray(out).min() > 245

@@ -125,15 +125,16 @@ def test_a_rerun_keeps_shards_only_when_nothing_that_decides_them_changed(synth,
     ingest(synth, out, *base, "--size", 32)
     shards = len(shard_files(out))
     assert f"kept {shards} shards" in ingest(synth, out, *base, "--size", 32).stdout
-    # another output size: every shard is redone (it was kept before, with 32-px images)
-    assert "kept" not in ingest(synth, out, *base, "--size", 48).stdout
+    # another output size (--overwrite: it replaces the dataset): every shard is redone
+    assert "kept" not in ingest(synth, out, *base, "--size", 48, "--overwrite").stdout
     assert {min(image.size) for image, _ in _images_and_records(out)} == {48}
     # a label fixed in the metadata changes records: nothing is kept either
     edited = tmp_path / "metadata.csv"
     table = pl.read_csv(synth / "metadata.csv", infer_schema=False)
     table.with_columns(pl.col("country").replace("Canada", "Kanada")).write_csv(edited)
     result = run_cli("ingest", edited, "--images", synth / "images" / "original_full",
-                     "--bbox", synth / "bbox.tsv", "--out", out, "--quiet", *base, "--size", 48)  # fmt: skip
+                     "--bbox", synth / "bbox.tsv", "--out", out, "--quiet", *base, "--size", 48,
+                     "--overwrite")  # fmt: skip
     assert "kept" not in result.stdout
     assert "Kanada" in {record.get("country") for _, record in _images_and_records(out)}
 
@@ -384,3 +385,20 @@ def test_sigkill_mid_run_then_rerun_gives_identical_shards(synth, tmp_path):
     assert shard_files(killed) == shard_files(reference)
     assert (killed / "manifest.json").read_bytes() == (reference / "manifest.json").read_bytes()
     assert not list((killed / "shards").glob("*/*.tmp"))
+
+
+def test_a_rerun_redoes_a_shard_whose_bytes_changed_but_not_its_size(synth, tmp_path):
+    # resume re-hashes every shard it keeps: size and recipe alone would keep this one
+    out = tmp_path / "ds"
+    args = ["--min-class-count", 20, "--shard-size", 50, "--size", 32, "--workers", 1,
+            "--limit", 200]  # fmt: skip
+    ingest(synth, out, *args)
+    clean = shard_files(out)
+    assert len(clean) >= 3
+    shard = out / sorted(clean)[1]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 3] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    result = ingest(synth, out, *args)
+    assert f"kept {len(clean) - 1} shards" in result.stdout
+    assert shard_files(out) == clean

@@ -106,14 +106,21 @@ def _shard_size(ctx: click.Context, param: click.Parameter, value: str) -> int |
 )
 @click.option("--limit", type=int, default=None, help="Use only the first N rows (quick tries).")
 @click.option("--with-barcode", is_flag=True, help="Also carry dna_barcode into records.")
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace a dataset in --out made with other options (without it: refuse).",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def command(metadata_csv: Path, splits: str | None, quiet: bool, **options) -> None:
     """Turn a metadata CSV and its images into verified WebDataset shards.
 
     Plans with Polars (only the needed columns), rejects bad rows with a reason
     (rejects.parquet), crops each image to its bbox, resizes and re-encodes it, and
-    writes deterministic shards, vocabularies and manifest.json. Rerunning the same
-    command resumes: shards whose sha256 still matches are kept.
+    writes deterministic shards, vocabularies and manifest.json (last: until then the
+    folder reads as unfinished). Rerunning the same command resumes: shards whose sha256
+    still matches are kept. A run with other options refuses to touch a dataset in --out
+    unless --overwrite; one ingest at a time can write a folder (a lock).
 
     \b
     Examples:
