@@ -18,7 +18,9 @@ COMMANDS = {
     "train": "train",
     "derive": "derive",
     "evaluate": "evaluate",
+    "calibrate": "calibrate",
     "predict": "predict",
+    "export": "export",
     "demo": "demo",
     "doctor": "doctor",
 }

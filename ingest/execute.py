@@ -14,7 +14,7 @@ import logging
 import multiprocessing as mp
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -145,9 +145,18 @@ def make_record(row: dict, task: ShardTask) -> dict:
     return record
 
 
-def _frame(row: dict) -> tuple[int, int] | None:
+def _frame(row: Mapping[str, Any]) -> tuple[int, int] | None:
     w, h = (row.get(c) for c in FRAME)
     return (int(w), int(h)) if w and h else None
+
+
+def row_image(root: str, row: Mapping[str, Any], spec: ImageSpec) -> bytes:
+    """The sample JPEG of one plan row (`PATH`, the box and frame columns): read inside
+    the resolved `root`, cropped and resized by `spec`. Raises what `read_image` and
+    `process_image` raise. Shared by ingest and `bionas predict --metadata`."""
+    data = read_image(root, row[PATH], spec)
+    bbox = tuple(row[c] for c in BOX) if row.get("x0") is not None else None
+    return process_image(data, bbox, spec, _frame(row))
 
 
 def write_task(task: ShardTask, rows: pl.DataFrame) -> ShardResult:
@@ -158,10 +167,7 @@ def write_task(task: ShardTask, rows: pl.DataFrame) -> ShardResult:
     for row in rows.iter_rows(named=True):
         key = row[ID]
         try:
-            data = read_image(root, row[PATH], task.spec)
-            box = row.get("x0")
-            bbox = tuple(row[c] for c in BOX) if box is not None else None
-            jpg = process_image(data, bbox, task.spec, _frame(row))
+            jpg = row_image(root, row, task.spec)
         except FileNotFoundError as exc:
             rejects.append(_reject(key, task.split, "missing_file", f"{exc.filename}"))
         except OSError as exc:

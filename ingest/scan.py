@@ -180,6 +180,24 @@ def categorical_fields(profile: DatasetProfile) -> list[str]:
     return [*profile.rank_names, *profile.extra_categorical, *split]
 
 
+def scan_columns(
+    path: Path, profile: DatasetProfile, columns: list[str], limit: int | None = None
+) -> pl.LazyFrame:
+    """Lazy scan of the raw `columns` of a table in the profile's layout, as strings.
+
+    The header is checked first: each column present, and named once. `limit`: the first
+    rows only. Shared by ingest and `bionas predict --metadata`.
+    """
+    header = read_header(path, profile.delimiter)
+    require_columns(path, header, columns, owner=f"profile {profile.name!r} ({profile.source})")
+    require_unique_columns(path, header, columns)
+    # a row with too many fields is kept (and rejected by the plan: `ragged`), not an error
+    lf = pl.scan_csv(
+        path, separator=profile.delimiter, infer_schema=False, truncate_ragged_lines=True
+    ).select(columns)
+    return lf if limit is None else lf.head(limit)
+
+
 def scan_metadata(cfg: IngestConfig, profile: DatasetProfile) -> pl.LazyFrame:
     """Lazy scan of only the needed columns, renamed to canonical names.
 
@@ -191,18 +209,8 @@ def scan_metadata(cfg: IngestConfig, profile: DatasetProfile) -> pl.LazyFrame:
             f"--target {cfg.target} is not a field of profile {profile.name!r} "
             f"(fields: {', '.join(profile.categorical)})"
         )
-    header = read_header(cfg.metadata, profile.delimiter)
     columns = profile.raw_columns(with_barcode=cfg.with_barcode)
-    require_columns(
-        cfg.metadata, header, columns, owner=f"profile {profile.name!r} ({profile.source})"
-    )
-    require_unique_columns(cfg.metadata, header, columns)
-    # a row with too many fields is kept (and rejected by the plan: `ragged`), not an error
-    lf = pl.scan_csv(
-        cfg.metadata, separator=profile.delimiter, infer_schema=False, truncate_ragged_lines=True
-    ).select(columns)
-    if cfg.limit is not None:
-        lf = lf.head(cfg.limit)
+    lf = scan_columns(cfg.metadata, profile, columns, cfg.limit)
     raw_parts = [
         p.removeprefix(PART_PREFIX) for p in path_parts(profile) if p.startswith(PART_PREFIX)
     ]

@@ -195,11 +195,11 @@ def _members(
             continue  # not part of a sample: skipped over unread
         if member.size > cap:
             raise OversizedMember(f"member {member.name} has {member.size} bytes, cap {cap}")
-        keys.add(key)
         handle = tar.extractfile(member)
         if handle is None:
             continue
         data = handle.read()
+        keys.add(key)  # only once a member arrived whole: a sample cut at its first is lost
         stats.bytes_read += len(data)
         yield shard, member.name, data
 

@@ -147,7 +147,13 @@ def test_evaluate_writes_metrics_json_and_readable_pngs(trained):
     assert super_eff["model"]["flops"] > eff["model"]["flops"] == 2 * eff["model"]["macs"] > 0
     assert super_eff["model"]["parameters"]["total"] > eff["model"]["parameters"]["total"]
     assert eff["latency_ms"]["cpu"]["median_ms"] > 0
-    for name in ("confusion_matrix", "roc", "alphas", "training_curves"):
+    # calibration of the headline: ECE as trained; nothing calibrated without calibration.json
+    cal = report["calibration"]
+    assert 0 <= cal["uncalibrated"]["ece"] <= 1 and cal["uncalibrated"]["nll"] > 0
+    assert sum(b["count"] for b in cal["uncalibrated"]["reliability"]) == N_VAL
+    assert cal["calibrated"] is None and cal["temperature"] is None
+    assert f"ECE (15 bins): {cal['uncalibrated']['ece']:.4f} as trained" in result.output
+    for name in ("confusion_matrix", "roc", "reliability", "alphas", "training_curves"):
         assert report["plots"][name] == f"{name}.png"
         with Image.open(out / f"{name}.png") as image:
             assert image.format == "PNG" and min(image.size) >= 200
@@ -278,3 +284,19 @@ def test_evaluate_counts_what_a_truncated_shard_loses(trained, tmp_path, cut):
         assert samples["skipped"]["broken shards"] == 1
     lost = samples["in_split"] - samples["evaluated"] - samples["unknown_class_samples"]
     assert samples["not_read"] + samples["skipped"].get("incomplete samples", 0) == lost
+
+
+def test_calibrate_on_a_search_run_fits_the_derived_network_and_says_predict_differs(
+    trained, tmp_path
+):
+    import shutil
+
+    _, run = trained
+    copy = tmp_path / "run"  # leaves the shared run uncalibrated for the tests above
+    shutil.copytree(run, copy)
+    result = invoke("calibrate", copy, "--batch-size", "6")
+    assert result.exit_code == 0, result.output
+    body = json.loads((copy / "calibration.json").read_text())
+    assert body["network"] == "derived" and body["samples"]["fitted"] == N_VAL
+    assert "answers with the supernet" in result.stderr
+    assert f"only {N_VAL} samples" in result.stderr

@@ -290,3 +290,32 @@ def test_inspect_verify_lists_files_the_manifest_does_not_and_exits_1(dataset):
     assert extra == ["shards/pretrain:", "shards/train/train-000001.tar.tmp:",
                      "shards/train/train-000009.tar:"]  # fmt: skip
     assert [p.kind for p in verify_dataset(load_manifest(dataset))] == ["extra"] * 3
+
+
+def test_a_one_read_stream_counts_a_broken_last_shard_when_its_samples_fill_the_batches(
+    dataset,
+):
+    """Validation reads its split once: when the intact shards' samples fill the last batch
+    exactly, that batch must still carry the broken shard behind it (read one batch ahead)."""
+    manifest = load_manifest(dataset)
+    refs = check_shards_exist(manifest, "train")  # 4 shards of 10 samples
+    data = tar_of(refs[-1].path)  # the last shard: cut inside its first sample's 2nd member
+    first = 512 + -(-int(data[124:136].rstrip(b"\0 "), 8) // 512) * 512
+    refs[-1].path.write_bytes(data[: first + 512 + 100])
+    intact = sum(ref.samples for ref in refs[:-1])
+    spec = StreamSpec(tuple(refs), batch_size=intact, image_size=16, passes=1, shuffle=False)
+    encoding = load_encoding(manifest, "order", [])
+    batches = list(BatchStream(spec, encoding))
+    assert [len(b) for b in batches] == [intact]
+    assert batches[-1].state.broken_shards == 1 and batches[-1].state.lost_samples >= 1
+
+
+def test_train_reports_what_the_validation_stream_skipped_with_the_epoch(dataset, tmp_path):
+    shard = load_manifest(dataset).shard_paths("val")[0]
+    flip_header_bit(shard, member=4)
+    result = invoke("train", dataset, "--out", tmp_path / "run", *TINY)
+    assert result.exit_code == 0, result.output
+    (epoch,) = [json.loads(line) for line in (tmp_path / "run" / "epochs.jsonl").open()]
+    assert epoch["val_skipped"]["broken_shards"] == 1 and epoch["val_skipped"]["lost_samples"]
+    line = next(ln for ln in result.output.splitlines() if ln.startswith("epoch 1/1"))
+    assert "val: broken shards 1 (~" in line

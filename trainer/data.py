@@ -196,16 +196,23 @@ class BatchStream(IterableDataset):
             shuffle_buffer=spec.shuffle_buffer if spec.shuffle else 0,
             stats=stats,
         )
+        # A one-read stream (validation) reads one batch ahead, so that the batch that
+        # ends the data carries the counts of what broke after its last sample (a shard
+        # found short at its end when the samples filled the last batch exactly).
+        read_ahead = todo is None and spec.passes is not None
+        ahead: list[tuple] | None = None
         for index in itertools.count(done):
             if todo is not None and index - done >= todo:
                 return
-            items = self._collect(raw, state)
+            items = self._collect(raw, state) if ahead is None else ahead
             if not items:
                 return
+            full = len(items) == spec.batch_size
+            ahead = self._collect(raw, state) if read_ahead and full else None
             state.broken_shards, state.incomplete = stats.broken_shards, stats.incomplete_samples
             state.lost_samples = stats.lost_samples
             yield self._batch(items, logical, index, replace(state))
-            if len(items) < spec.batch_size:
+            if not full:
                 return
 
     def _collect(self, raw: Iterator[RawSample], state: WorkerState) -> list[tuple]:

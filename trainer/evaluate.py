@@ -11,6 +11,10 @@ The headline is the network the run produces (`networks`): for a search run the 
 network (argmax op per edge, inheriting the supernet's weights, BatchNorm recalibrated),
 with the supernet's metrics apart under `supernet`; for a fixed genotype, itself.
 
+Calibration: the headline's expected calibration error (ECE, `calibration`) and a
+reliability diagram, and the same with the temperature of RUN_DIR/calibration.json when
+`bionas calibrate` fitted one.
+
 Metrics are reported on all samples and apart on three `dna_bin` groups, judged against
 the training split of the run's own dataset (`unseen_bins`): the BIN occurs in training
 (`seen_bin`), never does (`unseen_bin`), or the sample has none (`no_bin`).
@@ -30,11 +34,12 @@ import torch
 
 from bionas.errors import BionasError
 from bionas.manifests.manifest import Manifest, load_manifest
-from bionas.trainer import efficiency, metrics, plots
+from bionas.trainer import calibration, efficiency, metrics, plots
 from bionas.trainer.data import check_shards_exist
 from bionas.trainer.encoding import Encoding
-from bionas.trainer.networks import networks_to_evaluate
+from bionas.trainer.networks import Networks, networks_to_evaluate
 from bionas.trainer.ops import OP_NAMES
+from bionas.trainer.predictor import load_calibration
 from bionas.trainer.recalibrate import DEFAULT_BATCHES
 from bionas.trainer.split_predictions import Predictions, predict_split
 from bionas.trainer.train_values import TRAIN_VALUES_NAME
@@ -79,27 +84,15 @@ def evaluate_run(cfg: EvaluateConfig) -> dict[str, Any]:
 def evaluate_trained(run: Any, cfg: EvaluateConfig) -> dict[str, Any]:
     """`evaluate_run` for an already loaded run (`trainer.run.TrainedRun`)."""
     dataset_dir = Path(cfg.dataset_dir or run.dataset_dir)
-    manifest = _manifest(dataset_dir)
+    manifest = open_manifest(dataset_dir)
     out_dir = Path(cfg.out_dir or Path(cfg.run_dir) / "eval" / cfg.split)
     out_dir.mkdir(parents=True, exist_ok=True)
     meta_fields = tuple(run.meta_fields)
-    # the run's vocabularies, not the dataset's: indices must mean what they meant in training
-    encoding = Encoding(run.vocabs[run.target], tuple(run.vocabs[f] for f in meta_fields))
-    device = _device(cfg.device)
-    nets = networks_to_evaluate(
-        run, encoding, bn_batches=cfg.bn_batches, batch_size=cfg.batch_size, device=device
-    )
-    all_preds = predict_split(
-        nets.models,
-        check_shards_exist(manifest, cfg.split),
-        encoding,
-        run.image_size,
-        batch_size=cfg.batch_size,
-        workers=cfg.workers,
-        device=device,
-        total=manifest.num_samples(cfg.split),
-        progress=cfg.progress,
-    )
+    done = run_on_split(
+        run, manifest, cfg.split, batch_size=cfg.batch_size, workers=cfg.workers,
+        device=cfg.device, bn_batches=cfg.bn_batches, progress=cfg.progress,
+    )  # fmt: skip
+    nets, all_preds = done.networks, done.predictions
     preds = all_preds[nets.headline]
     bin_groups, bin_definitions = dna_bin_groups(
         Path(run.dataset_dir), preds.dna_bins, Path(cfg.run_dir) / TRAIN_VALUES_NAME
@@ -136,10 +129,58 @@ def evaluate_trained(run: Any, cfg: EvaluateConfig) -> dict[str, Any]:
             report.update(measured)
         else:
             report[name] = {**nets.about[name], **measured}
+    # ECE of the headline, and with RUN_DIR/calibration.json's T when `bionas calibrate` ran
+    report["calibration"] = calibration.evaluation_calibration(
+        preds.probs, preds.labels, load_calibration(Path(cfg.run_dir)),
+        split=cfg.split, dataset_dir=dataset_dir,
+    )  # fmt: skip
     report["plots"] = _write_plots(cfg.run_dir, out_dir, preds, class_names, report, OP_NAMES)
     _write_json(out_dir / "metrics.json", report)
     report["out_dir"] = str(out_dir)
     return report
+
+
+@dataclass(frozen=True)
+class SplitRun:
+    """What running a trained run's networks over one split produced."""
+
+    networks: Networks
+    predictions: dict[str, Predictions]  # network name -> its predictions
+
+
+def run_on_split(
+    run: Any,
+    manifest: Manifest,
+    split: str,
+    *,
+    batch_size: int,
+    workers: int,
+    device: str,
+    bn_batches: int,
+    progress: bool,
+    headline_only: bool = False,
+) -> SplitRun:
+    """The networks evaluate measures (`networks`) over a split, read once; with
+    `headline_only`, only the headline network (`bionas calibrate`)."""
+    # the run's vocabularies, not the dataset's: indices must mean what they meant in training
+    encoding = Encoding(run.vocabs[run.target], tuple(run.vocabs[f] for f in run.meta_fields))
+    on = _device(device)
+    nets = networks_to_evaluate(
+        run, encoding, bn_batches=bn_batches, batch_size=batch_size, device=on
+    )
+    models = {nets.headline: nets.models[nets.headline]} if headline_only else nets.models
+    predictions = predict_split(
+        models,
+        check_shards_exist(manifest, split),
+        encoding,
+        run.image_size,
+        batch_size=batch_size,
+        workers=workers,
+        device=on,
+        total=manifest.num_samples(split),
+        progress=progress,
+    )
+    return SplitRun(nets, predictions)
 
 
 def _sample_counts(
@@ -181,6 +222,8 @@ def _write_plots(
     written["confusion_matrix"] = "confusion_matrix.png" if matrix is not None else None
     plots.plot_roc_curves(preds.labels, preds.probs, class_names, out_dir / "roc.png")
     written["roc"] = "roc.png"
+    _plot_reliability(report["calibration"], report["split"], len(preds.labels), out_dir)
+    written["reliability"] = "reliability.png"
     for name, source, draw in (
         ("alphas", "alphas.jsonl", lambda h, p: plots.plot_alphas(h, p, op_names)),
         ("training_curves", "epochs.jsonl", plots.plot_training_curves),
@@ -195,7 +238,20 @@ def _write_plots(
     return written
 
 
-def _manifest(dataset_dir: Path) -> Manifest:
+def _plot_reliability(cal: dict[str, Any], split: str, n: int, out_dir: Path) -> None:
+    """reliability.png: as trained, and with calibration.json's T when there is one."""
+    series = {}
+    for key in ("uncalibrated", "calibrated"):
+        if cal[key] is not None:
+            label = "as trained" if key == "uncalibrated" else f"T = {cal['temperature']:.3g}"
+            ece = cal[key]["ece"]
+            series[label + ("" if ece is None else f" (ECE {ece:.3f})")] = cal[key]["reliability"]
+    title = f"Reliability, {split} (n={n}, {cal['bins']} bins)"
+    plots.plot_reliability_diagram(series, out_dir / "reliability.png", title=title)
+
+
+def open_manifest(dataset_dir: Path) -> Manifest:
+    """The dataset's manifest, or a BionasError saying why it cannot be read."""
     try:
         return load_manifest(dataset_dir)
     except (FileNotFoundError, ValueError) as err:

@@ -252,9 +252,11 @@ def end_epoch(
             append_jsonl(
                 session.run_dir / ALPHAS_LOG, alpha_record(alphas, state.epoch + 1, state.step)
             )
-        skipped = {k: v for k, v in record["skipped"].items() if v}
-        if skipped:
-            log.warning("epoch %d skipped samples: %s", state.epoch + 1, skipped)
+        for stream in ("skipped", "val_skipped"):
+            skipped = {k: v for k, v in record.get(stream, {}).items() if v}
+            if skipped:
+                what = "validation" if stream == "val_skipped" else "training"
+                log.warning("epoch %d %s skipped samples: %s", state.epoch + 1, what, skipped)
     state.epoch, state.batch, state.totals, state.main = state.epoch + 1, 0, {}, StreamPosition()
     release_cached_memory()  # the paper's between-epoch cache clearing + gc
     _checkpoint(session, model, opts, state)
@@ -314,7 +316,9 @@ def evaluate(model: nn.Module, session: Session) -> dict[str, Any]:
     model.eval()
     loader = _loader(session, val_spec(session.config, session.val_shards, session.batch_size))
     loss_sum, correct, samples = 0.0, 0, 0
+    read = StreamPosition()  # what each worker skipped: its last batch's counts
     for batch in loader:
+        read.advance(batch)
         images, meta, labels = to_device(batch, session.device)
         with session.amp.autocast():
             logits = model(images, meta)
@@ -323,6 +327,12 @@ def evaluate(model: nn.Module, session: Session) -> dict[str, Any]:
         samples += len(batch)
     loss_sum, correct, samples = session.dist.sum([loss_sum, correct, samples])
     correct, samples = int(correct), int(samples)
+    skipped = {"val_skipped": _skipped(read, session.dist)}
     if samples == 0:
-        return {"val_loss": None, "val_acc": None, "val_samples": 0}
-    return {"val_loss": loss_sum / samples, "val_acc": correct / samples, "val_samples": samples}
+        return {"val_loss": None, "val_acc": None, "val_samples": 0, **skipped}
+    return {
+        "val_loss": loss_sum / samples,
+        "val_acc": correct / samples,
+        "val_samples": samples,
+        **skipped,
+    }

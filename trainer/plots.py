@@ -95,6 +95,37 @@ def plot_roc_curves(
     return _save(fig, path)
 
 
+def plot_reliability_diagram(
+    series: Mapping[str, Sequence[Mapping[str, Any]]], path: Path, *, title: str = ""
+) -> Path:
+    """Accuracy against mean top-1 confidence per confidence bin, one line per series
+    (legend label -> bins), with the samples per bin above.
+
+    Bins are `trainer.calibration.reliability_bins` rows: lower, upper, count, confidence,
+    accuracy (None in an empty bin, which is not drawn).
+    """
+    fig = _figure(6.5, 7.0)
+    top, main = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [1, 3]})
+    main.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="perfect calibration")  # fmt: skip
+    colours = _op_colours(len(series))
+    for k, (label, rows) in enumerate(series.items()):
+        width = (rows[0]["upper"] - rows[0]["lower"]) / len(series) if rows else 0.0
+        offset = (k - (len(series) - 1) / 2) * width
+        centres = [(r["lower"] + r["upper"]) / 2 + offset for r in rows]
+        top.bar(centres, [r["count"] for r in rows], width=width, color=colours[k], alpha=0.7)
+        filled = [r for r in rows if r["count"]]
+        main.plot([r["confidence"] for r in filled], [r["accuracy"] for r in filled],
+                  marker="o", color=colours[k], label=label)  # fmt: skip
+    top.set_ylabel("samples")
+    top.set_title(title or "Reliability diagram")
+    main.set_xlabel("mean top-1 confidence in the bin")
+    main.set_ylabel("accuracy in the bin")
+    main.set_xlim(0, 1)
+    main.set_ylim(0, 1.02)
+    main.legend(loc="upper left", fontsize=8)
+    return _save(fig, path)
+
+
 def plot_alphas(
     history: Sequence[Mapping[str, Any]], path: Path, op_names: Sequence[str] = ()
 ) -> Path:

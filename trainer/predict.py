@@ -1,5 +1,7 @@
 """`bionas predict`: top-k classes of single images, with optional metadata (SPEC §6).
 
+The model comes as a `Predictor` (a run folder or an export folder, `load_predictor`).
+
 Metadata values are raw strings looked up in the run's own vocabularies; a field left
 out, or a value the vocabulary does not know, is fed as unknown (index 0), exactly as
 a training sample with that field empty.
@@ -17,6 +19,7 @@ import torch
 from PIL import Image
 
 from bionas.errors import BionasError
+from bionas.trainer.predictor import Predictor, Preprocessing
 
 BATCH = 32
 # What PIL raises on bytes that are not a readable image (UnidentifiedImageError is an OSError).
@@ -85,12 +88,21 @@ def specimen_crop(image: Image.Image, box: Box, margin: float) -> Image.Image:
     return image.crop(tuple(round(v) for v in grown))
 
 
+def normalize(pixels: torch.Tensor, preprocessing: Preprocessing) -> torch.Tensor:
+    """uint8 [..., 3, S, S] -> float32, (x / 255 - mean) / std with the model's own mean/std,
+    on the pixels' device (for BIOSCAN's values, the same numbers as `normalize_images`)."""
+    std = torch.tensor(preprocessing.std).view(3, 1, 1)
+    scale = 1.0 / (255.0 * std)
+    shift = -torch.tensor(preprocessing.mean).view(3, 1, 1) / std
+    return torch.addcmul(shift.to(pixels.device), pixels.float(), scale.to(pixels.device))
+
+
 def load_image(
     path: Path, image_size: int, box: Box | None = None, margin: float = 0.1
 ) -> torch.Tensor:
-    """The model input [3, S, S] of an image file (cropped to `box` + margin if given);
-    a clear error when it cannot be read."""
-    from bionas.trainer.transforms import preprocess_image
+    """The model's uint8 pixels [3, S, S] of an image file (cropped to `box` + margin if
+    given); a clear error when it cannot be read."""
+    from bionas.trainer.transforms import decode_image
 
     try:
         data = Path(path).read_bytes()
@@ -98,10 +110,8 @@ def load_image(
         raise BionasError(f"cannot read image {path}: {err.strerror or err}") from err
     try:
         if box is None:
-            return preprocess_image(data, image_size)
-        return preprocess_image(
-            specimen_crop(Image.open(io.BytesIO(data)), box, margin), image_size
-        )
+            return decode_image(data, image_size)
+        return decode_image(specimen_crop(Image.open(io.BytesIO(data)), box, margin), image_size)
     except Image.UnidentifiedImageError as err:
         raise BionasError(f"{path} is not an image in a format PIL can read") from err
     except _IMAGE_ERRORS as err:
@@ -109,18 +119,22 @@ def load_image(
 
 
 def predict_images(
-    run: Any,
+    predictor: Predictor,
     images: Sequence[Path],
     meta: Mapping[str, str],
     *,
     top_k: int = 5,
     boxes: Sequence[Box] = (),
-    margin: float = 0.1,
+    margin: float | None = None,
 ) -> dict[str, Any]:
-    """Top-k classes with probabilities for each image (`run`: trainer.run.TrainedRun).
+    """Top-k classes with probabilities for each image.
 
-    `boxes`: none, or one specimen box per image (photo pixels), cropped as ingest does.
+    `boxes`: none, or one specimen box per image (photo pixels), cropped as ingest does
+    with `margin` (None: the crop margin of the model's dataset). `probability` is
+    softmax(logits); `calibrated_probability` softmax(logits / T) with the temperature of
+    `bionas calibrate` (T = 1, the same numbers, until one was fitted).
     """
+    margin = predictor.preprocessing.crop_margin if margin is None else margin
     if top_k < 1:
         raise BionasError(f"--top-k must be >= 1, got {top_k}")
     if boxes and len(boxes) != len(images):
@@ -128,31 +142,40 @@ def predict_images(
     if margin < 0:
         raise BionasError("--crop-margin must be >= 0")
     chosen = list(boxes) or [None] * len(images)
-    tensors = [  # fail before computing
-        load_image(Path(p), run.image_size, box, margin)
+    pixels = [  # fail before computing
+        load_image(Path(p), predictor.image_size, box, margin)
         for p, box in zip(images, chosen, strict=True)
     ]
-    indices, notes = meta_indices(meta, run.meta_fields, run.vocabs)
-    k = min(top_k, len(run.class_names))
-    model = run.model.eval()
-    device = next(model.parameters()).device
+    indices, notes = meta_indices(meta, predictor.meta_fields, predictor.vocabs)
+    k = min(top_k, len(predictor.class_names))
     results = []
-    for start in range(0, len(tensors), BATCH):
-        batch = torch.stack(tensors[start : start + BATCH]).to(device)
-        meta_batch = torch.tensor([indices] * len(batch), dtype=torch.long, device=device)
-        with torch.inference_mode():
-            probs = torch.softmax(model(batch, meta_batch).float(), dim=1)
+    for start in range(0, len(pixels), BATCH):
+        batch = normalize(torch.stack(pixels[start : start + BATCH]), predictor.preprocessing)
+        meta_batch = torch.tensor([indices] * len(batch), dtype=torch.long)
+        logits = predictor.logits(batch, meta_batch).cpu()
+        probs = torch.softmax(logits, dim=1)
+        calibrated = torch.softmax(logits / predictor.temperature, dim=1)
         top = torch.topk(probs, k, dim=1)
         for offset, (p, i) in enumerate(zip(top.values.tolist(), top.indices.tolist(), strict=True)):  # fmt: skip
+            row = start + offset
             results.append(
                 {
-                    "image": str(images[start + offset]),
-                    "bbox": list(chosen[start + offset]) if chosen[start + offset] else None,
+                    "image": str(images[row]),
+                    "bbox": list(chosen[row]) if chosen[row] else None,
                     "top_k": [
-                        {"class": run.class_names[c], "probability": prob}
+                        {
+                            "class": predictor.class_names[c],
+                            "probability": prob,
+                            "calibrated_probability": calibrated[offset, c].item(),
+                        }
                         for prob, c in zip(p, i, strict=True)
                     ],
                 }
             )
-    network = "supernet" if getattr(run.model, "theta", None) is not None else "fixed"
-    return {"target": run.target, "network": network, "meta": notes, "predictions": results}
+    return {
+        "target": predictor.target,
+        "network": predictor.network,
+        "temperature": predictor.temperature,
+        "meta": notes,
+        "predictions": results,
+    }

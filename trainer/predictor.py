@@ -173,11 +173,29 @@ def predictor_of_run(run_dir: Path, device: str | torch.device = "cpu") -> Predi
         meta_fields=list(run.meta_fields),
         vocabs={f: run.vocabs[f] for f in run.meta_fields},
         preprocessing=run_preprocessing(run.dataset_dir, run.image_size),
-        calibration=load_calibration(run_dir),
+        calibration=_calibration_for(run_dir, network),
         logits_fn=logits_fn,
         device=device,
         about={"genotype": json.loads(model.genotype().to_json())},
     )
+
+
+def _calibration_for(run_dir: Path, network: str) -> Calibration:
+    """The run's calibration if it was fitted on the network that answers here: a search
+    run's T is fitted on its derived network, while its folder predicts with the supernet."""
+    calibration = load_calibration(run_dir)
+    fitted_on = calibration.body.get("network")
+    if fitted_on and fitted_on != network:
+        log.warning(
+            "%s/%s was fitted on the %s network, but the %s answers here: probabilities "
+            "are uncalibrated (T = 1); calibrate and predict with RUN_DIR/final",
+            run_dir,
+            CALIBRATION_NAME,
+            fitted_on,
+            network,
+        )
+        return Calibration()
+    return calibration
 
 
 def run_preprocessing(dataset_dir: Path, image_size: int) -> Preprocessing:
@@ -189,7 +207,7 @@ def run_preprocessing(dataset_dir: Path, image_size: int) -> Preprocessing:
     except (FileNotFoundError, ValueError, BionasError) as err:
         log.warning(
             "the run's dataset %s cannot be read (%s): crops use ingest's defaults "
-            "(margin 0.1, JPEG 90, no resize before the model's)",
+            "(margin 0.1, JPEG 90; batch prediction resizes them to 256 px like ingest)",
             dataset_dir,
             err,
         )

@@ -57,8 +57,10 @@ def command(
     \b
     metrics.json: accuracy, top-5, precision/recall/F1 (macro, weighted), per-class
     report, one-vs-rest ROC AUC, confusion matrix, the same for samples whose dna_bin
-    occurs in training, never does, or is empty, and efficiency (parameters, size,
-    FLOPs/MACs, latency).
+    occurs in training, never does, or is empty, efficiency (parameters, size,
+    FLOPs/MACs, latency), and the expected calibration error (ECE, 15 equal-width bins
+    of top-1 confidence) with a reliability diagram: as trained, and with the
+    temperature of RUN_DIR/calibration.json when `bionas calibrate` wrote one.
 
     \b
     Which network: for a search run, the headline is the derived network (argmax op
@@ -110,6 +112,7 @@ def summary(report: dict) -> str:
         if group in report["metrics"]:
             lines.append(f"  {label + ':':<11} " + _headline(report["metrics"][group]))
     lines.append("  " + _costs(report["efficiency"]))
+    lines.append("  " + _calibration(report["calibration"]))
     if "supernet" in report:
         supernet = report["supernet"]
         lines.append("supernet (as searched, not deployable):")
@@ -117,6 +120,28 @@ def summary(report: dict) -> str:
         lines.append("  " + _costs(supernet["efficiency"]))
     lines.append(f"wrote {report['out_dir']}/metrics.json and plots")
     return "\n".join(lines)
+
+
+def _calibration(cal: dict) -> str:
+    if cal["uncalibrated"]["ece"] is None:
+        return "calibration: no samples"
+    line = f"ECE ({cal['bins']} bins): {cal['uncalibrated']['ece']:.4f} as trained"
+    if cal["calibrated"] is None:
+        return line + "; no calibration.json (`bionas calibrate RUN_DIR` fits a temperature)"
+    fitted, flag = cal["fitted_on"], cal.get("low_confidence")
+    line += (
+        f", {cal['calibrated']['ece']:.4f} with T = {cal['temperature']:.3g} "
+        f"(fitted on {fitted['split']}"
+        + (": the same samples, so optimistic)" if fitted["this_split"] else ")")
+    )
+    if flag and flag["accepted"]:
+        line += (
+            f"\n  low confidence (p < {flag['threshold']:.3f}): {flag['flagged']} flagged; the "
+            f"{flag['accepted']} accepted are {flag['accepted_accuracy']:.2%} correct"
+        )
+    elif flag:
+        line += f"\n  low confidence (p < {flag['threshold']:.3f}): all {flag['flagged']} flagged"
+    return line
 
 
 def _costs(eff: dict) -> str:
