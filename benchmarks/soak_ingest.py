@@ -65,6 +65,7 @@ from reporting import OUT_DIR, format_table, machine, machine_line, uptime_line,
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from ingest_helpers import encoded, jpeg_declaring, png_declaring  # noqa: E402
 
+import bionas  # noqa: E402
 from bionas.ingest.profiles import BIOSCAN_5M  # noqa: E402
 from bionas.ingest.scan import PATH, path_expression, path_parts  # noqa: E402
 
@@ -177,10 +178,11 @@ def build_dataset(work: Path, n: int, seed: int, pool_size: int) -> Dataset:
     """Synth tables (+ synth's own corruptions), a photo pool, then every kind planted."""
     per_kind = math.ceil(n * SHARE)
     start = time.perf_counter()
-    base = synth_once(work / f"base-n{n}-s{seed}-c{per_kind}", n, "--seed", seed,
-                      "--corrupt", per_kind, "--no-images")  # fmt: skip
-    pool = synth_once(work / f"pool-{pool_size}", pool_size, "--seed", 1000 + seed)
-    synth_s = time.perf_counter() - start
+    base, pool = work / f"base-n{n}-s{seed}-c{per_kind}", work / f"pool-{pool_size}"
+    reused = all((folder / "metadata.csv").exists() for folder in (base, pool))
+    synth_once(base, n, "--seed", seed, "--corrupt", per_kind, "--no-images")
+    synth_once(pool, pool_size, "--seed", 1000 + seed)
+    synth_s = -1.0 if reused else time.perf_counter() - start
     start = time.perf_counter()
     folder = work / f"data-n{n}-s{seed}"
     if folder.exists():
@@ -468,6 +470,7 @@ class RunRecord:
     first_shard_s: float | None = None
     last_shard_s: float | None = None
     group_gone_s: float = 0.0
+    code: str = ""  # source_fingerprint() when the run started
     output: str = ""
 
     @property
@@ -497,6 +500,22 @@ def shards_on_disk(out: Path) -> int:
     return count(out / "shards", SHARD_NAME)
 
 
+def source_fingerprint() -> str:
+    """sha256 of bionas's Python source as this environment imports it (so do the runs).
+
+    Others may edit the checkout while the soak runs; a run of other code would make
+    "identical" meaningless, so every run records what it ran.
+    """
+    folders = [Path(bionas.__file__).resolve().parent]
+    for name in ("ingest", "shards", "manifests"):
+        module = __import__(f"bionas.{name}", fromlist=["_"])
+        folders.append(Path(module.__file__).resolve().parent)
+    digest = hashlib.sha256()
+    for path in sorted({p for folder in set(folders) for p in folder.rglob("*.py")}):
+        digest.update(str(path).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def group_alive(pgid: int) -> bool:
     for proc in psutil.process_iter(["status"]):
         try:
@@ -511,6 +530,7 @@ def run_command(command: list[str], out: Path, trigger: Trigger | None, log: Pat
     """One `bionas ingest` in its own process group, SIGKILLed whole when `trigger` fires."""
     record = RunRecord(trigger.label if trigger else "none")
     record.shards_at_start = shards_on_disk(out)
+    record.code = source_fingerprint()
     deadline = None
     if trigger and trigger.seconds is not None:
         deadline = trigger.seconds
@@ -802,6 +822,11 @@ def runs_table(clean: RunRecord, runs: list[RunRecord]) -> str:
     return format_table(header, rows)
 
 
+def synth_seconds(data: Dataset) -> str:
+    seconds = data.seconds["synth"]
+    return "reused from an earlier run" if seconds < 0 else f"{seconds:.1f} s"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -817,6 +842,7 @@ def main() -> None:
     parser.add_argument("--max-reruns", type=int, default=3, help="reruns after the last kill")
     parser.add_argument("--work", type=Path, help="data folder (default benchmarks/out/soak)")
     parser.add_argument("--results", type=Path, help="also write the report here (text)")
+    parser.add_argument("--note", help="a line for the report (say, what a PYTHONPATH holds)")
     args = parser.parse_args()
     n = args.n or (5000 if args.quick else 100_000)
     kills = max(3, args.kills or (5 if args.quick else 6))  # plan, temporary, record phase
@@ -824,7 +850,8 @@ def main() -> None:
     shard_size = args.shard_size or max(16, math.ceil(n / 100))
     work = (args.work or Path(OUT_DIR) / "soak").resolve()
     work.mkdir(parents=True, exist_ok=True)
-    command_line = " ".join(["python", "benchmarks/soak_ingest.py", *sys.argv[1:]])
+    env = f"PYTHONPATH={os.environ['PYTHONPATH']} " if os.environ.get("PYTHONPATH") else ""
+    command_line = env + " ".join(["python", "benchmarks/soak_ingest.py", *sys.argv[1:]])
     info = machine()
     load_at_start = uptime_line()
     print(f"command: {command_line}\n{machine_line(info)}\n{load_at_start}\n", flush=True)
@@ -832,7 +859,7 @@ def main() -> None:
     wall = time.perf_counter()
     data = build_dataset(work, n, args.seed, pool)
     print(f"dataset: {data.rows:,} rows in {data.folder} "
-          f"(synth {data.seconds['synth']:.1f} s, planting {data.seconds['plant']:.1f} s)",
+          f"(synth {synth_seconds(data)}, planting {data.seconds['plant']:.1f} s)",
           flush=True)  # fmt: skip
 
     def command(out: Path) -> list[str]:
@@ -866,6 +893,7 @@ def main() -> None:
     verified = verify(soak_dir) if done else None
     compare_s = time.perf_counter() - start
     killed = sum(r.killed for r in runs)
+    codes = {r.code for r in [clean, *runs]} | {source_fingerprint()}
     unexpected_exits = sum(1 for r in runs if not r.killed and r.returncode != 0)
 
     hostile = data.kinds
@@ -873,6 +901,7 @@ def main() -> None:
         f"command: {command_line}",
         machine_line(info),
         f"at start: {load_at_start}; at the end: {uptime_line()} (others share this machine)",
+        *([f"note: {args.note}"] if args.note else []),
         "",
         f"## Data: {data.rows:,} metadata rows ({n:,} specimens + duplicated copies), "
         f"{sum(hostile.values()):,} planted in {len(hostile)} kinds "
@@ -912,8 +941,10 @@ def main() -> None:
         ["kills (SIGKILL of the process group)", f"{killed} (asked {kills})"],
         ["runs exiting non-zero without a kill", unexpected_exits],
         ["soak byte-identical to clean", "yes" if identical else "NO"],
+        [f"bionas source ({Path(bionas.__file__).parent}) the same in every run",
+         f"yes (sha256 {next(iter(codes))})" if len(codes) == 1 else f"NO ({len(codes)} versions)"],
         ["bionas inspect --verify soak/", {0: "ok", None: "-"}.get(verified, f"exit {verified}")],
-        ["wall: synth + pool / planting", f"{data.seconds['synth']:.1f} / "
+        ["wall: synth tables + pool / planting", f"{synth_seconds(data)} / "
          f"{data.seconds['plant']:.1f} s"],
         ["wall: clean ingest", f"{clean.seconds:.1f} s"],
         ["wall: soak (all runs, kills, restarts)", f"{soak_s:.1f} s"],
@@ -924,6 +955,7 @@ def main() -> None:
     passed = (
         done and identical and acc is not None and acc.ok and acc_clean.ok and enough
         and killed >= min(kills, 5) and unexpected_exits == 0 and verified == 0
+        and len(codes) <= 1
     )  # fmt: skip
     lines += ["", "## Figures", "", format_table(["figure", "value"], figures)]
     wrong = (acc.wrong if acc else []) or acc_clean.wrong

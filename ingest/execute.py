@@ -35,7 +35,7 @@ from bionas.ingest.scan import BOX, FRAME, PATH, path_expression, path_parts
 from bionas.ingest.signals import exit_with_parent, stop_workers
 from bionas.ingest.transient import TransientReadError, raise_if_transient
 from bionas.safe_paths import real_root
-from bionas.shards.format import encode_record, shard_name
+from bionas.shards.format import MAX_RECORD_BYTES, encode_record, shard_name
 from bionas.shards.writer import Sample, ShardInfo, write_shard
 
 log = logging.getLogger(__name__)
@@ -73,12 +73,23 @@ def run_fingerprint(cfg: IngestConfig, profile: DatasetProfile, inputs: dict) ->
     """Everything besides its processids that decides a shard's bytes, as canonical JSON.
 
     The input tables by sha256 (a label fixed in the CSV changes records), the image
-    options, the record's fields, the compression and the bionas version. Not the images'
-    contents nor their root (5M files are not hashed for this, and a moved root keeps
-    them valid): replaced photos or another image package need a fresh --out.
+    options, the record's fields and the profile's column mapping, the compression and the
+    versions of bionas and of the codecs that encode the bytes (PIL and its libjpeg, zlib,
+    zstd). Not the images' contents nor their root (5M files are not hashed for this, and a
+    moved root keeps them valid): replaced photos or another image package need a fresh
+    --out.
     """
     body = {
         "bionas": __version__,
+        "codecs": codec_versions(cfg.compression),
+        "columns": {
+            "id": profile.id_column,
+            "ranks": [list(pair) for pair in profile.ranks],
+            "split": profile.split_column,
+            "dna_bin": profile.dna_bin_column,
+            "barcode": profile.barcode_column,
+            "delimiter": profile.delimiter,
+        },
         "inputs": {name: entry["sha256"] for name, entry in inputs.items() if "sha256" in entry},
         "spec": asdict(image_spec(cfg)),
         "compression": cfg.compression,
@@ -88,6 +99,25 @@ def run_fingerprint(cfg: IngestConfig, profile: DatasetProfile, inputs: dict) ->
         "with_barcode": cfg.with_barcode,
     }
     return json.dumps(body, sort_keys=True)
+
+
+def codec_versions(compression: str) -> dict[str, str | None]:
+    """The libraries whose version changes a shard's bytes for the same inputs: a resume
+    after an upgrade redoes its shards instead of mixing two encoders' output."""
+    from PIL import __version__ as pil_version
+    from PIL import features
+
+    versions = {
+        "PIL": pil_version,
+        "libjpeg": features.version("jpg"),  # the ABI version; turbo's own below
+        "libjpeg_turbo": features.version("libjpeg_turbo"),
+        "zlib": features.version("zlib"),
+    }
+    if compression == "zstd":
+        import zstandard
+
+        versions["zstd"] = ".".join(map(str, zstandard.ZSTD_VERSION))
+    return versions
 
 
 def recipe_sha256(keys: pl.Series, fingerprint: str) -> str:
@@ -176,12 +206,22 @@ def write_task(task: ShardTask, rows: pl.DataFrame) -> ShardResult:
         except ImageReject as exc:
             rejects.append(_reject(key, task.split, exc.reason, exc.detail))
         else:
-            samples.append(Sample(key, jpg, encode_record(make_record(row, task))))
+            record = encode_record(make_record(row, task))
+            if len(record) > MAX_RECORD_BYTES:  # the reader would refuse the whole shard
+                detail = f"{len(record)} bytes, largest cell {_largest_cell(row)}"
+                rejects.append(_reject(key, task.split, "record_too_large", detail))
+            else:
+                samples.append(Sample(key, jpg, record))
         if _progress is not None:
             with _progress.get_lock():
                 _progress.value += 1
     info = write_shard(task.path, samples, task.compression)
     return ShardResult(task.split, task.index, info, task.recipe_sha256, rejects)
+
+
+def _largest_cell(row: Mapping[str, Any]) -> str:
+    name, value = max(row.items(), key=lambda item: len(str(item[1] or "")))
+    return f"{name!r} ({len(str(value))} characters)"
 
 
 def _reject(key: str, split: str, reason: str, detail: str) -> dict:

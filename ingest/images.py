@@ -39,6 +39,10 @@ IMAGE_REASONS = {
     "too_small": "the crop's shorter side is below min_crop_side source pixels",
     "extreme_aspect": "the crop's long/short side ratio is above max_aspect",
     "bad_bbox": "the bbox has no area inside the photo",
+    # decided beside the image, in the same worker stage: a record over the reader's cap
+    # (a cell of megabytes) would make training drop the whole shard
+    "record_too_large": "the sample's record (its metadata cells as JSON) is over "
+    "MAX_RECORD_BYTES (1 MiB)",
 }
 
 # What a photo can be. MPO (stereo and some phone cameras: JPEG frames plus an index) is

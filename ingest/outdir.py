@@ -39,7 +39,10 @@ OUTPUT_ERRNOS = frozenset(_SPACE | _PERMISSION | {errno.EIO})
 @contextmanager
 def locked(out: Path) -> Iterator[None]:
     """Hold the ingest lock of `out` (created if needed); a clear error if another run has it."""
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise BionasError(f"--out {out} is a file, or lies under one: give a folder") from None
     path = out / LOCK_NAME
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:

@@ -273,6 +273,15 @@ def counted(count: Future[RaggedRows], table: pl.DataFrame) -> RaggedRows:
     """The finished count of a table's fields, checked against the rows Polars read."""
     ragged = count.result()
     check_row_count(ragged, table.height)
+    if ragged.quoted_line_breaks:
+        log.warning(
+            "%s: %d line break(s) inside quoted cells, so some rows span several lines. If "
+            "no cell of this table should hold a line break, a stray quote has merged the "
+            "rows up to the next quote into one (look for ragged_row rejects with many "
+            "fields): fix the quoting and rerun",
+            ragged.path,
+            ragged.quoted_line_breaks,
+        )
     return ragged
 
 

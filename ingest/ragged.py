@@ -41,6 +41,9 @@ class RaggedRows:
     rows: np.ndarray  # int64, ascending
     fields: np.ndarray  # int64, the field count of each of `rows`
     total: int  # data rows read (all of them, or the first `max_rows`)
+    # newlines inside quoted cells: legal CSV, but in a table whose cells never hold a line
+    # break it is the mark of a stray quote, which merges the rows up to the next one
+    quoted_line_breaks: int = 0
 
     def fields_of(self, rows: np.ndarray) -> np.ndarray:
         """The field count of each of `rows` (any rows; `width` where it is right)."""
@@ -85,6 +88,7 @@ class _RowCounter:
         self.quoted = False  # inside a quoted field at the end of the last block
         self.tail = b""  # separators of the row in progress
         self.records = 0  # complete rows so far, the header included
+        self.quoted_line_breaks = 0
         self.width = 0
         self.rows: list[np.ndarray] = []
         self.fields: list[np.ndarray] = []
@@ -121,6 +125,7 @@ class _RowCounter:
         inside = (np.cumsum(quote) + self.quoted) % 2 == 1  # after each byte
         if len(values):
             self.quoted = bool(inside[-1])
+        self.quoted_line_breaks += int(np.count_nonzero(inside & (values == NEWLINE)))
         return values[~quote & ~inside].tobytes()
 
     def _split(self, complete: bytes) -> None:
@@ -142,7 +147,7 @@ class _RowCounter:
         if self.max_rows is not None:
             keep = rows < self.max_rows
             rows, fields, total = rows[keep], fields[keep], min(total, self.max_rows)
-        return RaggedRows(path, self.width, rows, fields, total)
+        return RaggedRows(path, self.width, rows, fields, total, self.quoted_line_breaks)
 
 
 def check_row_count(ragged: RaggedRows, height: int) -> None:

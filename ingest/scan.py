@@ -154,7 +154,14 @@ def collect_table(lf: pl.LazyFrame, path: Path) -> pl.DataFrame:
         with bounded_read_ahead():
             return lf.collect(engine="streaming")
     except pl.exceptions.ComputeError as exc:
-        raise BionasError(f"cannot read {path} as a table: {exc}") from exc
+        raise BionasError(f"cannot read {path} as a table: {_first_line(exc)}") from exc
+
+
+def _first_line(exc: Exception, limit: int = 300) -> str:
+    """Polars quotes the offending rows verbatim (kilobytes over many lines): keep the
+    first line, cut to `limit` characters."""
+    line = (str(exc).strip().splitlines() or [""])[0]
+    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 def collect_tables(scans: list[tuple[pl.LazyFrame, Path]]) -> list[pl.DataFrame]:

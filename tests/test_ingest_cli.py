@@ -139,6 +139,19 @@ def test_a_rerun_keeps_shards_only_when_nothing_that_decides_them_changed(synth,
     assert "Kanada" in {record.get("country") for _, record in _images_and_records(out)}
 
 
+def test_a_rerun_after_a_codec_upgrade_redoes_every_shard(synth, tmp_path, monkeypatch):
+    """Another PIL/libjpeg would encode other bytes: keeping the old shards would mix two
+    encoders' output in one dataset, no longer byte-identical to a clean run."""
+    from bionas.ingest import execute
+
+    out, base = tmp_path / "ds", ["--min-class-count", 20, "--workers", 1, "--limit", 120]
+    ingest(synth, out, *base, "--size", 32)
+    assert "kept" in ingest(synth, out, *base, "--size", 32).stdout
+    upgraded = {**execute.codec_versions("none"), "libjpeg_turbo": "9.9.9"}
+    monkeypatch.setattr(execute, "codec_versions", lambda compression: upgraded)
+    assert "kept" not in ingest(synth, out, *base, "--size", 32).stdout
+
+
 def _images_and_records(dataset):
     urls = [str(p) for p in sorted((dataset / "shards").glob("*/*.tar"))]
     return wds.WebDataset(urls, shardshuffle=False).decode("pil").to_tuple("jpg", "json")

@@ -413,3 +413,13 @@ def test_sigterm_stops_like_ctrl_c_and_the_rerun_completes(synth, reference, tmp
     assert not temp_files(out) and not (out / "manifest.json").exists()
     assert "kept" in ingest(synth, out, *OPTIONS).output
     assert dataset_files(out) == dataset_files(reference)
+
+
+@pytest.mark.parametrize("where", ["file", "under_a_file"])
+def test_an_out_that_is_a_file_is_refused_in_one_line(synth, tmp_path, where):
+    blocker = tmp_path / "taken"
+    blocker.write_text("not a dataset")
+    out = blocker if where == "file" else blocker / "ds"
+    result = ingest(synth, out, ok=False)
+    assert result.exit_code != 0 and "is a file, or lies under one" in result.output
+    assert "Traceback" not in result.output and blocker.read_text() == "not a dataset"

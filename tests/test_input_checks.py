@@ -210,3 +210,40 @@ def test_a_character_cut_by_the_end_of_the_header_read_is_still_utf8(tmp_path):
     path.write_bytes((header + filler).encode() + b"\xff\n")  # a byte no UTF-8 has: refused
     with pytest.raises(BionasError, match="not a UTF-8"):
         read_header(path, ",")
+
+
+def test_a_table_polars_cannot_parse_is_refused_in_one_short_line(tmp_path):
+    """Polars quotes the offending rows verbatim, kilobytes over many lines (found by the
+    tables fuzz); the refusal keeps its first line, cut short."""
+    from bionas.ingest.scan import _first_line
+
+    error = ValueError("could not parse row 7\n\n" + "A" * 5000 + "\nmore\n")
+    assert _first_line(error) == "could not parse row 7"
+    long = _first_line(ValueError("x" * 1000))
+    assert len(long) == 300 and long.endswith("…")
+
+
+def test_line_breaks_inside_quotes_are_counted_and_warned_of(tmp_path, caplog):
+    """Two stray quotes make every row between them one quoted cell: legal CSV, so both
+    readers agree and no count differs (found by the tables fuzz). The plan says so."""
+    from concurrent.futures import Future
+
+    from bionas.ingest.plan import counted
+    from bionas.ingest.ragged import find_ragged_rows
+
+    table = tmp_path / "t.csv"
+    table.write_text('a,b,c\n1,2,3\n4,"5,6\n7,8,9\n10,11",12\n13,14,15\n')
+    ragged = find_ragged_rows(table, ",")
+    assert ragged.quoted_line_breaks == 2
+    assert find_ragged_rows(_write(tmp_path, 'a,b\n"x",y\n'), ",").quoted_line_breaks == 0
+    count: Future = Future()
+    count.set_result(ragged)
+    with caplog.at_level("WARNING"):
+        counted(count, pl.read_csv(table, infer_schema=False))
+    assert "2 line break(s) inside quoted cells" in caplog.text
+
+
+def _write(folder, text):
+    path = folder / "u.csv"
+    path.write_text(text)
+    return path
