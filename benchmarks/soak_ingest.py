@@ -45,6 +45,7 @@ import json
 import math
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -851,7 +852,7 @@ def main() -> None:
     work = (args.work or Path(OUT_DIR) / "soak").resolve()
     work.mkdir(parents=True, exist_ok=True)
     env = f"PYTHONPATH={os.environ['PYTHONPATH']} " if os.environ.get("PYTHONPATH") else ""
-    command_line = env + " ".join(["python", "benchmarks/soak_ingest.py", *sys.argv[1:]])
+    command_line = env + shlex.join(["python", "benchmarks/soak_ingest.py", *sys.argv[1:]])
     info = machine()
     load_at_start = uptime_line()
     print(f"command: {command_line}\n{machine_line(info)}\n{load_at_start}\n", flush=True)

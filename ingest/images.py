@@ -50,6 +50,7 @@ IMAGE_REASONS = {
 # raises KeyError). Everything else is refused unopened: EPS would run Ghostscript, and
 # the other plugins fail on a few bytes with exception types of their own.
 PHOTO_FORMATS = ("JPEG", "PNG")
+_PHOTO_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")  # JPEG SOI + a marker; PNG
 JPEG_MAX_SIDE = 65_500  # libjpeg cannot write a wider or taller image
 _SIXTEEN_BIT = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
 _ALPHA = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
@@ -173,6 +174,10 @@ def _open(data: bytes, spec: ImageSpec) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=PHOTO_FORMATS)
     except UnidentifiedImageError as exc:
+        if data.startswith(_PHOTO_SIGNATURES):  # a photo's signature, then a broken header
+            raise ImageReject(
+                "corrupt_image", f"a JPEG/PNG signature, then an unreadable header: {exc}"
+            ) from exc
         raise ImageReject(
             "not_an_image", f"not a JPEG or PNG ({len(data)} bytes, starting {data[:8]!r})"
         ) from exc

@@ -89,6 +89,19 @@ def test_non_image_bytes_are_rejected():
     assert info.value.reason == "not_an_image"
 
 
+@pytest.mark.parametrize(
+    "data",
+    [b"\xff\xd8\xff\xe0\x02\xda" + bytes(range(256)) * 4, b"\x89PNG\r\n\x1a\n" + b"\x07" * 300],
+    ids=["jpeg", "png"],
+)
+def test_a_photo_signature_followed_by_garbage_is_a_corrupt_image(data):
+    """Found by the soak: whether Pillow called such a file a broken JPEG or no JPEG at all
+    depended on the random bytes after its marker."""
+    with pytest.raises(ImageReject) as info:
+        process_image(data, None, ImageSpec())
+    assert info.value.reason == "corrupt_image"
+
+
 def test_output_is_deterministic():
     data = _photo()
     assert process_image(data, (10, 10, 900, 700), ImageSpec()) == process_image(
