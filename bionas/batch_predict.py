@@ -122,6 +122,7 @@ def predict_to_file(cfg: BatchPredictConfig) -> PredictSummary:
     from bionas.trainer.config import resolve_device
     from bionas.trainer.predictor import load_predictor
 
+    check_writable(cfg.out)  # before the work, not after it
     device = resolve_device(cfg.device)
     predictor = load_predictor(cfg.model_dir, device)
     loader, total, unmapped = _loader(cfg, predictor, device)
@@ -279,12 +280,25 @@ def output_frame(rows: Rows, predictor: Predictor, threshold: float) -> pl.DataF
     for j in range(k):
         columns[f"top{j + 1}"] = names.gather(np.where(answered, top[:, j], len(names)), null_on_oob=True)  # fmt: skip
         columns[f"top{j + 1}_prob"] = pl.Series(prob[:, j]).fill_nan(None)
-    low = pl.Series(prob[:, 0] < threshold, dtype=pl.Boolean)
+    # a threshold of 1 flags every prediction, even one whose float32 probability is 1.0
+    low = pl.Series((prob[:, 0] < threshold) | (threshold >= 1.0), dtype=pl.Boolean)
     columns["low_confidence"] = low.scatter(np.flatnonzero(~answered), None)
     for f, name in enumerate(predictor.meta_fields):
         columns[name] = pl.Series([rows.values[i][f] for i in order], dtype=pl.String)
         columns[f"{name}_known"] = pl.Series([rows.known[i][f] for i in order], dtype=pl.Boolean)
     return pl.DataFrame({name: s.alias(name) for name, s in columns.items()})
+
+
+def check_writable(path: Path) -> None:
+    """Create --out's folder and write a temporary file there, so that a path under a file
+    or in a read-only folder fails at once instead of after every photo was predicted."""
+    probe = path.with_name(f".{path.name}.{os.getpid()}.probe")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise BionasError(f"cannot write --out {path}: {err.strerror or err}") from None
 
 
 def write_table(frame: pl.DataFrame, path: Path) -> None:

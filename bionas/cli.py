@@ -18,6 +18,8 @@ COMMANDS = {
     "train": "train",
     "derive": "derive",
     "evaluate": "evaluate",
+    "compare": "compare",
+    "ablate": "ablate",
     "calibrate": "calibrate",
     "predict": "predict",
     "export": "export",

@@ -32,7 +32,7 @@ from bionas.ingest.execute import row_image
 from bionas.ingest.images import ImageReject, ImageSpec
 from bionas.ingest.keys import safe_keys
 from bionas.ingest.profiles import ID, DatasetProfile
-from bionas.ingest.ragged import check_row_count, find_ragged_rows
+from bionas.ingest.ragged import check_rows, find_ragged_rows
 from bionas.ingest.scan import (
     BOX,
     FRAME,
@@ -101,13 +101,13 @@ def read_table_rows(
         table,
     )
     ragged = find_ragged_rows(table, profile.delimiter, limit)
-    check_row_count(ragged, frame.height)
+    check_rows(ragged, frame.height)
     ids = frame[ID].rechunk()
     bbox_frame, bbox_ragged = None, None
     if bbox is not None:
         bbox_frame = collect_table(scan_bbox(bbox), bbox)
         bbox_ragged = find_ragged_rows(bbox, "\t")
-        check_row_count(bbox_ragged, bbox_frame.height)
+        check_rows(bbox_ragged, bbox_frame.height)
     boxes = lookup_boxes(ids, bbox_frame, bbox_ragged)
     columns = {c: boxes.columns[c].to_list() for c in (*FRAME, *BOX)}
     reason = np.select(

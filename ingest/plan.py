@@ -27,7 +27,7 @@ from bionas.ingest.boxes import DEFAULT_FRAME, Boxes, lookup_boxes
 from bionas.ingest.config import IngestConfig
 from bionas.ingest.keys import first_occurrence, safe_keys, spread, stable_argsort
 from bionas.ingest.profiles import ID, OFFICIAL_SPLIT, DatasetProfile
-from bionas.ingest.ragged import RaggedRows, check_row_count, find_ragged_rows
+from bionas.ingest.ragged import RaggedRows, check_rows, find_ragged_rows
 from bionas.ingest.scan import BOX, FRAME, collect_tables, scan_bbox, scan_metadata
 from bionas.ingest.stable_hash import stable_unit_hashes, string_buffers
 
@@ -272,16 +272,7 @@ def counting_fields(
 def counted(count: Future[RaggedRows], table: pl.DataFrame) -> RaggedRows:
     """The finished count of a table's fields, checked against the rows Polars read."""
     ragged = count.result()
-    check_row_count(ragged, table.height)
-    if ragged.quoted_line_breaks:
-        log.warning(
-            "%s: %d line break(s) inside quoted cells, so some rows span several lines. If "
-            "no cell of this table should hold a line break, a stray quote has merged the "
-            "rows up to the next quote into one (look for ragged_row rejects with many "
-            "fields): fix the quoting and rerun",
-            ragged.path,
-            ragged.quoted_line_breaks,
-        )
+    check_rows(ragged, table.height)
     return ragged
 
 

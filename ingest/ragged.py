@@ -20,6 +20,7 @@ although Polars could split it.
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ import numpy as np
 
 from bionas.errors import BionasError
 
+log = logging.getLogger(__name__)
 NEWLINE, QUOTE = ord("\n"), ord('"')
 _BLOCK = 1 << 20  # bytes read at a time (translate holds the GIL for ~0.6 ms a block)
 
@@ -148,6 +150,20 @@ class _RowCounter:
             keep = rows < self.max_rows
             rows, fields, total = rows[keep], fields[keep], min(total, self.max_rows)
         return RaggedRows(path, self.width, rows, fields, total, self.quoted_line_breaks)
+
+
+def check_rows(ragged: RaggedRows, height: int) -> None:
+    """`check_row_count`, and a warning when quoted cells hold line breaks."""
+    check_row_count(ragged, height)
+    if ragged.quoted_line_breaks:
+        log.warning(
+            "%s: %d line break(s) inside quoted cells, so some rows span several lines. If "
+            "no cell of this table should hold a line break, a stray quote has merged the "
+            "rows up to the next quote into one (look for ragged_row rejects with many "
+            "fields): fix the quoting and rerun",
+            ragged.path,
+            ragged.quoted_line_breaks,
+        )
 
 
 def check_row_count(ragged: RaggedRows, height: int) -> None:

@@ -204,6 +204,13 @@ def test_calibration_sets_the_probabilities_and_the_low_confidence_threshold(wor
     frame, _ = predict_table((synth, None, calibrated), tmp_path / "d.csv", "--limit", 20,
                              "--low-confidence", 1)  # fmt: skip
     assert frame.filter(pl.col("status") == "ok")["low_confidence"].all()
+    # threshold 1 ("no threshold reached the target") flags even saturated probabilities
+    (calibrated / "calibration.json").write_text(json.dumps(
+        {"schema": "bionas.calibration/1", "temperature": 0.001, "low_confidence_threshold": 1.0}
+    ))  # fmt: skip
+    frame, _ = predict_table((synth, None, calibrated), tmp_path / "e.csv", "--limit", 20)
+    ok = frame.filter(pl.col("status") == "ok")
+    assert (ok["top1_prob"] == 1.0).any() and ok["low_confidence"].all()
 
 
 def test_a_table_of_another_profile_feeds_the_fields_it_lacks_as_unknown(world, tmp_path):
@@ -242,3 +249,16 @@ def test_usage_errors_name_the_problem(world, tmp_path, args, message):
     result = predict(run, *(a.format(**values) for a in args), ok=False)
     assert result.exit_code != 0 and message in result.output, result.output
     assert "Traceback" not in result.output
+
+
+def test_an_out_that_cannot_be_written_fails_before_any_prediction(world, tmp_path, monkeypatch):
+    from bionas import batch_predict
+
+    synth, _, run = world
+    (tmp_path / "afile").write_text("")
+    monkeypatch.setattr(batch_predict, "_loader", None)  # reached only after the check
+    result = predict(run, "--metadata", synth / "metadata.csv", "--images",
+                     synth / "images" / "original_full", "--out",
+                     tmp_path / "afile" / "sub" / "x.csv", ok=False)  # fmt: skip
+    assert result.exit_code != 0 and "cannot write --out" in result.output
+    assert "Traceback" not in result.output and "rows" not in result.output

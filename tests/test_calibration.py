@@ -4,6 +4,7 @@ the low-confidence threshold rule, and `bionas calibrate` -> `bionas evaluate` e
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -123,7 +124,8 @@ def confident(confidences, correct):
 
 @pytest.mark.parametrize(
     ("target", "threshold", "accepted"),
-    [(0.75, 0.7, 5), (0.95, 0.9, 3), (1.0, 0.9, 3), (0.5, 0.6, 6)],
+    # the threshold lies midway between the last accepted and the first flagged confidence
+    [(0.75, 0.65, 5), (0.95, 0.85, 3), (1.0, 0.85, 3), (0.5, 0.3, 6)],
 )
 def test_threshold_is_the_smallest_whose_accepted_predictions_reach_the_target(
     target, threshold, accepted
@@ -144,7 +146,7 @@ def test_tied_confidences_are_accepted_together():
     # 0.9 alone would be right, but a threshold cannot take one of two 0.9s
     probs, labels = confident([0.9, 0.9, 0.8], [1, 0, 1])
     assert not low_confidence_threshold(probs, labels, 0.9).reached
-    assert low_confidence_threshold(probs, labels, 0.6).value == pytest.approx(0.8)
+    assert low_confidence_threshold(probs, labels, 0.6).value == pytest.approx(0.4)
 
 
 def test_an_unreachable_target_flags_every_prediction_and_says_the_best():
@@ -270,3 +272,40 @@ def test_cli_defaults_are_the_library_defaults():
 
     assert calibrate.DEFAULT_BINS == calibration.DEFAULT_BINS
     assert calibrate.DEFAULT_TARGET_ACCURACY == calibration.DEFAULT_TARGET_ACCURACY
+
+
+def test_a_split_with_no_error_keeps_temperature_one_and_says_why():
+    """An all-right split drives the NLL fit to the smallest T: every probability would
+    become 1 and the low-confidence flag meaningless (found by review)."""
+    from bionas.trainer.calibration import fit_calibration
+
+    probs, labels = confident([0.9, 0.8, 0.7, 0.6], [1, 1, 1, 1])
+    body = fit_calibration(probs, labels, bins=5, target_accuracy=0.95)
+    assert body["temperature"] == 1.0 and body["fitted_temperature"] < 0.1
+    assert "nothing to fit on" in body["kept_at_one"]
+
+
+def test_non_finite_probabilities_are_refused_by_name():
+    from bionas.errors import BionasError
+    from bionas.trainer.calibration import fit_calibration
+
+    probs, labels = confident([0.9, 0.8, 0.7], [1, 0, 1])
+    probs[1, 0] = np.nan
+    with pytest.raises(BionasError, match="non-finite probabilities"):
+        fit_calibration(probs, labels, bins=5, target_accuracy=0.95)
+
+
+def test_a_calibration_goes_stale_when_the_model_is_trained_on(calibrated):
+    """calibrate records the model it was fitted on; a later model.pt (a resumed run)
+    makes prediction fall back to T = 1 with a warning instead of a stale temperature."""
+    from bionas.shards.writer import file_sha256
+    from bionas.trainer.predictor import calibration_of_run
+
+    run, _ = calibrated
+    body = json.loads((run / "calibration.json").read_text())
+    assert body["model_sha256"] == file_sha256(run / "model.pt")
+    assert calibration_of_run(run, "fixed").temperature == body["temperature"]
+    copy = run.parent / "retrained"
+    shutil.copytree(run, copy)
+    (copy / "model.pt").write_bytes((copy / "model.pt").read_bytes() + b"\0")
+    assert calibration_of_run(copy, "fixed").temperature == 1.0

@@ -349,3 +349,15 @@ def test_bionas_predict_gives_an_export_the_top1_of_its_run(exports, runs, tmp_p
     expected = top1(runs["search"] / "final")
     assert top1(exports[("search", "onnx")][0]) == expected
     assert top1(exports[("search", "torchscript")][0]) == expected
+
+
+def test_an_export_missing_its_model_file_is_refused_in_one_line(exports, tmp_path):
+    out, _ = exports[("manual", "torchscript")]
+    broken = tmp_path / "broken"
+    shutil.copytree(out, broken)
+    (broken / "model.pt").unlink()
+    photo = tmp_path / "a.jpg"
+    photo.write_bytes(tiny_jpeg(1, 48, random.Random(3)))
+    result = bionas("predict", broken, photo)
+    assert result.exit_code != 0 and "incomplete export" in result.output
+    assert "Traceback" not in result.output

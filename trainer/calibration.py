@@ -45,7 +45,12 @@ from scipy.special import logsumexp
 
 from bionas.errors import BionasError
 from bionas.shards.atomic import write_atomic
-from bionas.trainer.predictor import CALIBRATION_NAME, CALIBRATION_SCHEMA, Calibration
+from bionas.trainer.predictor import (
+    CALIBRATION_NAME,
+    CALIBRATION_SCHEMA,
+    Calibration,
+    model_sha256,
+)
 from bionas.trainer.recalibrate import DEFAULT_BATCHES
 
 log = logging.getLogger(__name__)
@@ -191,8 +196,11 @@ def low_confidence_threshold(
             "flagged (threshold 1.0): lower --target-accuracy to accept some",
         )  # fmt: skip
     k = int(meets[-1])
+    # midway to the next lower confidence, not on a sample's own value: predict computes
+    # probabilities in float32 (or another runtime), and a sample on the line would flip
+    below = confidence[k + 1] if k + 1 < n else 0.0
     return Threshold(
-        float(confidence[k]), target_accuracy, True, k + 1, (k + 1) / n,
+        float((confidence[k] + below) / 2), target_accuracy, True, k + 1, (k + 1) / n,
         float(accepted_accuracy[k]), best, rule,
     )  # fmt: skip
 
@@ -319,13 +327,14 @@ def calibrate_run(cfg: CalibrateConfig) -> dict[str, Any]:
         dataset_dir=str(manifest.root),
         split=cfg.split,
         network=done.networks.headline,
+        model_sha256=model_sha256(cfg.run_dir),  # a later model.pt makes it stale
         samples={
             "in_split": manifest.num_samples(cfg.split),
             "fitted": int(len(preds.labels)),
             "unknown_class_samples": sum(preds.unknown_classes.values()),
             "skipped": preds.skipped,
         },
-        notes=_notes(run, cfg, len(preds.labels), body["temperature"]),
+        notes=_notes(run, cfg, len(preds.labels), body),
         fitted_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
     text = json.dumps(body, indent=1, allow_nan=False) + "\n"
@@ -336,8 +345,25 @@ def calibrate_run(cfg: CalibrateConfig) -> dict[str, Any]:
 def fit_calibration(
     probs: np.ndarray, labels: np.ndarray, bins: int, target_accuracy: float
 ) -> dict[str, Any]:
-    """calibration.json's measured part: T, the threshold, ECE/NLL before and after."""
-    temperature = fit_temperature(probs, labels)
+    """calibration.json's measured part: T, the threshold, ECE/NLL before and after.
+
+    A T at the edge of its search range, or fitted on a split with no error (or no right
+    answer), is no estimate: it would drive every probability to 1 (or to uniform). Then
+    T = 1 is kept and the fitted value recorded beside the reason."""
+    if not np.isfinite(probs).all():
+        raise BionasError(
+            "the model gave non-finite probabilities (NaN or inf) on this split: it diverged "
+            "or its weights are damaged; no temperature can be fitted"
+        )
+    fitted = fit_temperature(probs, labels)
+    correct = top1(probs, labels)[1]
+    low, high = TEMPERATURE_RANGE
+    kept_at_one = None
+    if correct.all() or not correct.any():
+        kept_at_one = "every prediction of the split is right (or wrong): nothing to fit on"
+    elif not low * 1.01 < fitted < high / 1.01:
+        kept_at_one = f"the fit ran to the edge of its range {list(TEMPERATURE_RANGE)}"
+    temperature = 1.0 if kept_at_one else fitted
     before = calibration_summary(probs, labels, bins)
     after = calibration_summary(with_temperature(probs, temperature), labels, bins)
     threshold = low_confidence_threshold(
@@ -346,6 +372,8 @@ def fit_calibration(
     return {
         "schema": CALIBRATION_SCHEMA,
         "temperature": temperature,
+        "fitted_temperature": fitted,
+        "kept_at_one": kept_at_one,  # why T = 1 was kept instead of the fit, or None
         "low_confidence_threshold": threshold.value,
         "method": "temperature scaling (Guo et al. 2017): T minimising the NLL of "
         f"softmax(logits / T) on the split, bounded search on log T in {list(TEMPERATURE_RANGE)}",
@@ -360,7 +388,7 @@ def fit_calibration(
     }
 
 
-def _notes(run: Any, cfg: CalibrateConfig, samples: int, temperature: float) -> list[str]:
+def _notes(run: Any, cfg: CalibrateConfig, samples: int, body: dict[str, Any]) -> list[str]:
     """What a reader of the numbers should know about how they were fitted."""
     notes = []
     if run.train_config.get("arch_data") == cfg.split:
@@ -372,11 +400,10 @@ def _notes(run: Any, cfg: CalibrateConfig, samples: int, temperature: float) -> 
         notes.append("fitted on the test split: test metrics with T are optimistic")
     if samples < FEW_SAMPLES:
         notes.append(f"only {samples} samples: T and the threshold are rough estimates")
-    low, high = TEMPERATURE_RANGE
-    if not low * 1.01 < temperature < high / 1.01:
+    if body.get("kept_at_one"):
         notes.append(
-            f"T = {temperature:.3g} is at the edge of the search range {list(TEMPERATURE_RANGE)}: "
-            "the split is too small or too easy to fit a temperature on"
+            f"T = 1 kept, not the fitted {body['fitted_temperature']:.3g}: "
+            f"{body['kept_at_one']} (the split is too small or too easy to fit on)"
         )
     if getattr(run.model, "theta", None) is not None:
         notes.append(

@@ -39,10 +39,23 @@ class MixedOp(nn.Module):
     scale its own output up as its α shrinks, and α would stop measuring the op's worth.
     """
 
-    def __init__(self, C: int, stride: int, *, dilated: str = "full", affine: bool = False) -> None:
+    def __init__(
+        self,
+        C: int,
+        stride: int,
+        *,
+        dilated: str = "full",
+        affine: bool = False,
+        ops: Sequence[str] = OP_NAMES,
+    ) -> None:
         super().__init__()
+        # only the ops of the search's primitive set (`--ops`) are built and weighted
         self.ops = nn.ModuleDict(
-            {n: PRIMITIVES[n](C, stride, dilated=dilated, affine=affine) for n in NONZERO_OPS}
+            {
+                n: PRIMITIVES[n](C, stride, dilated=dilated, affine=affine)
+                for n in NONZERO_OPS
+                if n in ops
+            }
         )
         self.zero = Zero(stride)
 
@@ -60,8 +73,8 @@ class MixedOp(nn.Module):
         weights: Tensor | None = None
         out: Tensor | None = None
         for k, name in enumerate(OP_NAMES):
-            if name == ZERO or not active[k]:
-                continue  # pruned (α < threshold): not executed at all
+            if name == ZERO or not active[k] or name not in self.ops:
+                continue  # pruned (α < threshold) or outside the op set: not executed
             if weights is None:
                 weights = alpha_row.to(dtype)
             y = self.ops[name](x).to(dtype)  # pools/skip keep x's dtype, convs autocast
@@ -81,15 +94,21 @@ class SearchCell(nn.Module):
     """The searchable cell; `C` is the input width, output width is `C_out`."""
 
     def __init__(
-        self, C: int, reduction: bool, *, dilated: str = "full", affine: bool = False
+        self,
+        C: int,
+        reduction: bool,
+        *,
+        dilated: str = "full",
+        affine: bool = False,
+        ops: Sequence[str] = OP_NAMES,
     ) -> None:
         super().__init__()
         self.reduction = reduction
         self.C_out = 2 * C if reduction else C
         strides = edge_strides(reduction)
-        self.e1 = MixedOp(C, strides["e1"], dilated=dilated, affine=affine)
-        self.e2a = MixedOp(C, strides["e2a"], dilated=dilated, affine=affine)
-        self.e2b = MixedOp(C, strides["e2b"], dilated=dilated, affine=affine)
+        self.e1 = MixedOp(C, strides["e1"], dilated=dilated, affine=affine, ops=ops)
+        self.e2a = MixedOp(C, strides["e2a"], dilated=dilated, affine=affine, ops=ops)
+        self.e2b = MixedOp(C, strides["e2b"], dilated=dilated, affine=affine, ops=ops)
         self.out = output_conv(C, self.C_out)
 
     def forward(self, x: Tensor, alphas: Tensor, active: Sequence[Sequence[bool]]) -> Tensor:

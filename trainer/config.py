@@ -16,12 +16,18 @@ from typing import Any
 import torch
 
 from bionas.errors import BionasError
+from bionas.trainer.backbones import check_backbone
+from bionas.trainer.fusion import check_fusion
+from bionas.trainer.ops import OP_SETS
 
 THETA_OPTIMIZERS = ("adam", "adamw")
 ARCH_DATA = ("interleaved", "heldout")
 AMP_DTYPES = ("fp16", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 DILATED = ("full", "separable")
+# The names of `bionas.trainer.search.STRATEGIES` (which imports the loop, hence this copy;
+# a test checks they agree).
+SEARCHES = ("darts", "random", "evolution", "reinforce", "enas")
 
 PAPER_LR_THETA = 3e-4
 # DARTS' CIFAR-10 search (Liu et al. 2019): 50 epochs of 391 θ steps at lr 3e-4. Adam moves
@@ -80,6 +86,8 @@ class TrainConfig:
     dilated: str = "full"
     prune_threshold: float = 1e-6
     genotype: Path | None = None  # train this fixed architecture instead of searching
+    backbone: str | None = None  # a torchvision model as the image encoder (Table II)
+    weights: Path | None = None  # a local state dict for the backbone (never downloaded)
     workers: int = 4
     threads: int | None = None  # torch CPU threads of the training process (None: torch's)
     seed: int = 0
@@ -97,6 +105,14 @@ class TrainConfig:
     theta_betas: tuple[float, float] = (0.5, 0.999)  # DARTS' (paper silent); torch's 0.9 before
     search_bn_affine: bool = False  # learnable BN affine in the supernet's ops (DARTS: no)
     stem: str = "learned"  # "transpose_symmetric": an experimental control (trainer.encoder)
+    ops: str = "full"  # the supernet's primitive set (`OP_SETS`: full, reduced, conv-only)
+    search: str = "darts"  # the search strategy (`bionas.trainer.search`)
+    # budgets of the shared-weight searches (every --search but darts)
+    search_evaluations: int = 32  # genotypes scored on the validation batches in all
+    search_val_batches: int = 8  # validation batches each genotype is scored on
+    population: int = 8  # evolution: population size
+    sample_size: int = 3  # evolution: genotypes drawn per tournament
+    policy_lr: float = 0.05  # reinforce, enas: Adam's rate on the policy logits
     grad_clip: float = 1.0
     label_smoothing: float = 0.1
     warmup_epochs: int = 0  # epochs of weight-only steps before the search starts
@@ -109,7 +125,7 @@ class TrainConfig:
     quiet: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("dataset_dir", "run_dir", "genotype"):
+        for name in ("dataset_dir", "run_dir", "genotype", "weights"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, Path):
                 object.__setattr__(self, name, Path(value))
@@ -186,6 +202,7 @@ def _validate(c: TrainConfig) -> None:
         f"--theta-betas must be two numbers in [0, 1), got {c.theta_betas}",
     )
     _check(c.prune_threshold >= 0, "--prune-threshold must be >= 0")
+    _validate_search(c)
     for name, choices in (
         ("theta_optimizer", THETA_OPTIMIZERS),
         ("arch_data", ARCH_DATA),
@@ -199,6 +216,57 @@ def _validate(c: TrainConfig) -> None:
         c.amp_dtype is None or c.amp_dtype in AMP_DTYPES,
         f"--amp-dtype must be one of {AMP_DTYPES}, got {c.amp_dtype!r}",
     )
+    _validate_backbone(c)
+    _validate_fusion(c)
+
+
+def _validate_backbone(c: TrainConfig) -> None:
+    if c.backbone is None:
+        _check(c.weights is None, "--weights loads a backbone's state dict: give --backbone too")
+        return
+    check_backbone(c.backbone)
+    _check(
+        c.genotype is None,
+        f"--backbone {c.backbone} replaces the searched cells that --genotype fixes: "
+        "give one or the other",
+    )
+    _check(
+        c.retrain_epochs == 0,
+        f"--retrain-epochs retrains the genotype a search derives; a --backbone {c.backbone} "
+        "run has none (train it longer with --epochs)",
+    )
+
+
+def _validate_search(c: TrainConfig) -> None:
+    _check(c.ops in OP_SETS, f"--ops must be one of {tuple(OP_SETS)}, got {c.ops!r}")
+    _check(c.search in SEARCHES, f"--search must be one of {SEARCHES}, got {c.search!r}")
+    for name in ("search_evaluations", "search_val_batches", "sample_size"):
+        value = getattr(c, name)
+        _check(value >= 1, f"--{_flag(name)} must be >= 1, got {value}")
+    _check(c.population >= 2, f"--population must be >= 2, got {c.population}")
+    _check(c.policy_lr > 0, f"--policy-lr must be > 0, got {c.policy_lr}")
+    if c.search == "darts":
+        return
+    _check(c.backbone is None, f"--backbone has no cells to search: no --search {c.search}")
+    _check(
+        c.arch_data == "interleaved",
+        f"--arch-data heldout splits the data of darts' θ steps; --search {c.search} has none",
+    )
+    if c.search == "evolution":
+        _check(
+            c.sample_size <= c.population,
+            f"--sample-size ({c.sample_size}) must be <= --population ({c.population})",
+        )
+        _check(
+            c.search_evaluations >= c.population,
+            f"--search-evaluations ({c.search_evaluations}) must be >= --population "
+            f"({c.population}): evolution first scores a whole random population",
+        )
+
+
+def _validate_fusion(c: TrainConfig) -> None:
+    # meta_fields None (the dataset's default fields) is checked when the model is built
+    check_fusion(c.fusion, with_meta=c.meta_fields != (), searched_encoder=c.backbone is None)
 
 
 def _flag(name: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from bionas.errors import BionasError
 from bionas.trainer.genotype import Genotype, render
 
 GENOTYPE_JSON = "genotype.json"
@@ -29,6 +30,11 @@ def derive_run(run_dir: Path) -> Derived:
     from bionas.trainer.run import load_trained
 
     run = load_trained(run_dir, map_location="cpu")
+    if run.model_config.backbone is not None:
+        raise BionasError(
+            f"{run_dir} trained the backbone {run.model_config.backbone}: there is no searched "
+            f"architecture to derive; evaluate it as it is (`bionas evaluate {run_dir}`)"
+        )
     genotype = run.model.genotype()
     text = render(genotype)
     json_path, text_path = run_dir / GENOTYPE_JSON, run_dir / GENOTYPE_TXT

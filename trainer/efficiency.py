@@ -158,6 +158,10 @@ def efficiency_report(
             "supernet: counts every candidate op whose α >= prune threshold "
             f"({_pruned_ops(model)} ops pruned at this θ)"
         )
+    elif getattr(getattr(model, "cfg", None), "backbone", None):
+        report["model"]["scope"] = (
+            f"backbone {model.cfg.backbone} (torchvision) + metadata + fusion"
+        )
     else:
         report["model"]["scope"] = "fixed network (one op per edge)"
     if genotype is not None and _is_supernet(model):

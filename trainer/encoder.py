@@ -10,13 +10,14 @@ the default network sees 56 -> 28 -> 14 px with 16 -> 32 -> 64 channels.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from bionas.trainer.cell import FixedCell, SearchCell
 from bionas.trainer.genotype import Genotype
+from bionas.trainer.ops import OP_NAMES
 
 
 def reduction_flags(cells: int) -> tuple[bool, ...]:
@@ -77,6 +78,7 @@ class ImageEncoder(nn.Module):
         genotype: Genotype | None = None,
         search_bn_affine: bool = False,
         stem_kind: str = "learned",
+        ops: Sequence[str] | None = None,  # the supernet's primitive set (None: all ten)
     ) -> None:
         super().__init__()
         self.searchable = genotype is None
@@ -87,11 +89,14 @@ class ImageEncoder(nn.Module):
         C = channels
         for i, reduction in enumerate(flags):
             if genotype is None:
-                cell: nn.Module = SearchCell(C, reduction, dilated=dilated, affine=search_bn_affine)
+                cell: nn.Module = SearchCell(
+                    C, reduction, dilated=dilated, affine=search_bn_affine, ops=ops or OP_NAMES
+                )
             else:
                 cell = FixedCell(C, genotype.cells[i], dilated=dilated)
             self.cells.append(cell)
             C = cell.C_out
+        self.stage_channels = tuple(cell.C_out for cell in self.cells)  # for FiLM (fusion)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.proj = nn.Linear(C, embed_dim)
 
@@ -103,7 +108,30 @@ class ImageEncoder(nn.Module):
     ) -> Tensor:
         """images: [B, 3, H, W]; alphas: [cells, 3, K] and active: the host-side mask
         (supernet only). Returns [B, embed_dim]."""
+        return self.forward_head(self.forward_features(images, alphas, active))
+
+    def forward_features(
+        self,
+        images: Tensor,
+        alphas: Tensor | None = None,
+        active: Sequence[Sequence[Sequence[bool]]] | None = None,
+        *,
+        after_cell: Callable[[int, Tensor], Tensor] | None = None,
+    ) -> Tensor:
+        """The last cell's feature map [B, C, h, w]. `after_cell(i, x)` (progressive
+        fusion's FiLM) replaces cell i's output; None leaves the network untouched."""
         x = self.stem(images)
         for i, cell in enumerate(self.cells):
             x = cell(x, alphas[i], active[i]) if self.searchable else cell(x)
-        return self.proj(self.pool(x).flatten(1))
+            if after_cell is not None:
+                x = after_cell(i, x)
+        return x
+
+    def forward_head(self, features: Tensor) -> Tensor:
+        """GAP -> Linear: [B, C, h, w] -> [B, embed_dim]."""
+        return self.proj(self.pool(features).flatten(1))
+
+    def tokens(self, features: Tensor) -> Tensor:
+        """One token per feature-map position, by the same Linear: [B, h*w, embed_dim].
+        Their mean is `forward_head(features)` (the projection is linear)."""
+        return self.proj(features.flatten(2).transpose(1, 2))

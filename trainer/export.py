@@ -51,15 +51,19 @@ from bionas.trainer.export_formats import (
     torchscript_bytes,
 )
 from bionas.trainer.final import final_run_dir
+from bionas.trainer.model import architecture_json
 from bionas.trainer.predictor import (
     CALIBRATION_NAME,
     EXPORT_JSON,
+    FIXED,
     ONNX,
     TORCHSCRIPT,
     Calibration,
     Predictor,
     Preprocessing,
+    calibration_of_run,
     load_calibration,
+    recorded_dataset_options,
     run_preprocessing,
 )
 from bionas.trainer.run import CONFIG_NAME, MODEL_NAME, VOCAB_DIR, TrainedRun, load_trained
@@ -103,8 +107,8 @@ def final_model_dir(run_dir: Path) -> tuple[Path, bool]:
     config_path = run_dir / CONFIG_NAME
     if not config_path.exists():
         raise BionasError(f"{run_dir} is not a bionas run: {CONFIG_NAME} is missing")
-    genotype = json.loads(config_path.read_text())["model_config"].get("genotype")
-    if genotype is not None:
+    model_config = json.loads(config_path.read_text())["model_config"]
+    if model_config.get("genotype") is not None or model_config.get("backbone") is not None:
         return run_dir, False
     final = final_run_dir(run_dir)
     if (final / CONFIG_NAME).exists() and (final / MODEL_NAME).exists():
@@ -204,7 +208,7 @@ def _write_files(
         name = vocab_filename(field)
         write_atomic(out / name, (model_dir / VOCAB_DIR / name).read_bytes())
         written.append(name)
-    if (model_dir / CALIBRATION_NAME).exists():
+    if (model_dir / CALIBRATION_NAME).exists() and calibration_of_run(model_dir, FIXED).body:
         write_atomic(out / CALIBRATION_NAME, (model_dir / CALIBRATION_NAME).read_bytes())
         written.append(CALIBRATION_NAME)
 
@@ -219,7 +223,7 @@ def describe(
 ) -> dict[str, Any]:
     """model.json without its parity (see the module docstring)."""
     size, classes = run.image_size, len(run.class_names)
-    calibration = load_calibration(model_dir)
+    calibration = calibration_of_run(model_dir, FIXED)
     inputs = [{"name": IMAGES, "dtype": "float32", "shape": ["batch", 3, size, size]}]
     if run.meta_fields:
         inputs.append({"name": META, "dtype": "int64", "shape": ["batch", len(run.meta_fields)],
@@ -246,12 +250,14 @@ def describe(
             for f in run.meta_fields
         ],  # fmt: skip
         "unknown_index": 0,
-        "preprocessing": run_preprocessing(run.dataset_dir, size).to_json(),
+        "preprocessing": run_preprocessing(
+            run.dataset_dir, size, recorded_dataset_options(model_dir), strict=True
+        ).to_json(),
         "temperature": calibration.temperature,
         "low_confidence_threshold": calibration.low_confidence,
         "probabilities": "softmax(logits / temperature)",
         **_dataset_manifest(run.dataset_dir),
-        "genotype": json.loads(run.model.genotype().to_json()),
+        "genotype": architecture_json(run.model),
         "metrics": headline_metrics(model_dir),
         "inputs": inputs,
         "outputs": [{"name": LOGITS, "dtype": "float32", "shape": ["batch", classes]}],
@@ -321,7 +327,14 @@ def load_export(path: Path, device: str | torch.device = "cpu") -> Predictor:
         log.warning("an ONNX export runs on onnxruntime's CPU provider, not on %s", device)
         device = "cpu"
     model_path = folder / body["file"]
-    if hashlib.sha256(model_path.read_bytes()).hexdigest() != body["sha256"]:
+    try:
+        data = model_path.read_bytes()
+    except OSError as err:
+        raise BionasError(
+            f"{folder} is an incomplete export: {model_path.name} cannot be read "
+            f"({err.strerror or err}); export the run again"
+        ) from None
+    if hashlib.sha256(data).hexdigest() != body["sha256"]:
         raise BionasError(f"{model_path} does not match the sha256 in {folder / EXPORT_JSON}")
     vocabs = {}
     for field in body["meta_fields"]:

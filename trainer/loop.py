@@ -75,6 +75,7 @@ from bionas.trainer.model import BioAutoMLNAS
 from bionas.trainer.run import CHECKPOINT, save_model
 from bionas.trainer.session import Optimizers, Session, start_session
 from bionas.trainer.step import StepResult, over_all_ranks, task_loss, to_device, train_step
+from bionas.trainer.tensorboard_log import TensorBoardLog
 
 log = logging.getLogger(__name__)
 StepHook = Callable[[dict[str, Any]], None]
@@ -89,8 +90,16 @@ def train(
 ) -> list[dict[str, Any]]:
     """Run (or with `config.resume`, continue) a training run; returns the epoch history.
     With `dist` from `process_group`, this is one rank of a distributed run; the hooks
-    then see the all-rank records on every rank."""
+    then see the all-rank records on every rank. A `--search` other than darts (with no
+    --genotype to train) runs its own strategy (`bionas.trainer.search`)."""
+    if config.search != "darts" and config.genotype is None:
+        from bionas.trainer.search import STRATEGIES  # it imports this module
+
+        return STRATEGIES[config.search](config, on_step=on_step, on_epoch=on_epoch, dist=dist)
     session, model, forward, opts, state = start_session(config, dist)
+    # a view of the logs for `tensorboard --logdir`, when installed; never fails the run
+    board = TensorBoardLog.open(session.run_dir, step=state.step, enabled=dist.is_main)
+    on_step = board.step_hook(on_step)
     arch_batches: Iterator[Batch] | None = None
     while state.epoch < session.config.epochs and not _stop(session, state):
         searching = bool(model.arch_parameters()) and state.epoch >= session.config.warmup_epochs
@@ -100,9 +109,11 @@ def train(
         finished = run_epoch(session, model, forward, opts, state, searching, arch_batches, on_step)
         if finished:
             record = end_epoch(session, model, opts, state, searching)
+            board.epoch(record, model.alphas())
             if on_epoch is not None:
                 on_epoch(record)
     _checkpoint(session, model, opts, state)
+    board.close()
     if dist.is_main:
         save_model(session.run_dir, model)
     return state.history

@@ -39,12 +39,33 @@ class MetadataEncoder(nn.Module):
 
     def forward(self, meta: Tensor) -> Tensor:
         """meta: LongTensor [B, F], column f holds field f's index. Returns [B, out_dim]."""
+        self._check(meta)
+        if self.mlp is None:
+            return meta.new_zeros(meta.shape[0], self.out_dim, dtype=torch.float32)
+        return self.mlp(torch.cat(self._embedded(meta), dim=1))
+
+    def forward_with_tokens(self, meta: Tensor) -> tuple[Tensor, Tensor]:
+        """X_meta [B, out_dim] and one token per field [B, F, out_dim] (token fusions).
+
+        Token f is field f's term in F_meta's first layer, W1[:, f] E^(f)[m^(f)]: the
+        field's embedding projected to out_dim by weights the encoder already has, so a
+        token fusion adds no parameters here (and their sum + bias is that layer's input
+        to the ReLU)."""
+        self._check(meta)
+        if self.mlp is None:
+            raise ValueError("a metadata encoder without fields has no tokens")
+        embedded = self._embedded(meta)
+        first = self.mlp[0]
+        per_field = first.weight.unflatten(1, (len(self.fields), -1))  # [out, F, d]
+        tokens = torch.einsum("bfd,ofd->bfo", torch.stack(embedded, dim=1), per_field)
+        return self.mlp(torch.cat(embedded, dim=1)), tokens
+
+    def _check(self, meta: Tensor) -> None:
         if meta.dim() != 2 or meta.shape[1] != len(self.fields):
             raise ValueError(
                 f"metadata tensor has shape {tuple(meta.shape)}, expected [B, {len(self.fields)}]"
                 f" for fields {self.fields}"
             )
-        if self.mlp is None:
-            return meta.new_zeros(meta.shape[0], self.out_dim, dtype=torch.float32)
-        embedded = [self.embeddings[f](meta[:, i]) for i, f in enumerate(self.fields)]
-        return self.mlp(torch.cat(embedded, dim=1))
+
+    def _embedded(self, meta: Tensor) -> list[Tensor]:
+        return [self.embeddings[f](meta[:, i]) for i, f in enumerate(self.fields)]

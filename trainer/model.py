@@ -1,7 +1,8 @@
 """BioAutoML-NAS: searchable image encoder + metadata encoder + fusion head (Sec. III-A).
 
 The architecture logits θ are one registered fp32 parameter of shape [cells, 3, K]
-(rows e1, e2a, e2b; K = 10 ops including zero), so they are in the state_dict and DDP
+(rows e1, e2a, e2b; K = 10 ops including zero, whatever `--ops` set the supernet is
+built from: ops outside the set are masked to α = 0), so they are in the state_dict and DDP
 sees them. Each forward computes α = softmax(θ) in fp32 once for all edges. The prune mask
 (α >= threshold) decides on the host which ops run, so it is cached: `train_step` refreshes
 it after every θ step (one device sync per θ step, none on w steps, in evaluation or in
@@ -12,18 +13,24 @@ move the counter, hence the explicit refresh.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from bionas.trainer.backbones import BackboneEncoder, check_backbone
 from bionas.trainer.encoder import STEMS, ImageEncoder
-from bionas.trainer.fusion import FUSIONS
+from bionas.trainer.fusion import build_fusion, check_fusion
 from bionas.trainer.genotype import EDGE_NAMES, Genotype, derive, edge_key
 from bionas.trainer.metadata import MetadataEncoder
-from bionas.trainer.ops import DILATED_VARIANTS, OP_NAMES, ZERO_INDEX
+from bionas.trainer.ops import DILATED_VARIANTS, OP_NAMES, OP_SETS, ZERO
 
 THETA_INIT_STD = 1e-3  # the paper's θ ~ N(0, 10^-3), read as standard deviation 1e-3
+# A single path through the supernet: per cell, the op of (e1, e2a, e2b).
+OpPath = Sequence[Sequence[str]]
 
 
 @dataclass(frozen=True)
@@ -43,6 +50,9 @@ class ModelConfig:
     # before bionas 0.2 searched with it and load with True
     search_bn_affine: bool = False
     stem: str = "learned"  # or "transpose_symmetric" (an experimental control, see encoder)
+    ops: str = "full"  # the supernet's primitive set, a key of `OP_SETS` (`--ops`)
+    backbone: str | None = None  # a torchvision model as the image encoder (trainer.backbones)
+    image_size: int | None = None  # the size a backbone is built for (ViT); None: any
 
     def __post_init__(self) -> None:
         for name in ("num_classes", "channels", "cells", "embed_dim", "meta_embed_dim"):
@@ -50,16 +60,23 @@ class ModelConfig:
                 raise ValueError(f"ModelConfig.{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"ModelConfig.dropout must be in [0, 1), got {self.dropout}")
-        if self.fusion not in FUSIONS:
-            raise ValueError(f"unknown fusion {self.fusion!r}; choose from {sorted(FUSIONS)}")
+        check_fusion(
+            self.fusion, with_meta=bool(self.meta_cardinalities), searched_encoder=not self.backbone
+        )
         if self.stem not in STEMS:
             raise ValueError(f"stem must be one of {STEMS}, got {self.stem!r}")
         if self.dilated not in DILATED_VARIANTS:
             raise ValueError(f"dilated must be one of {DILATED_VARIANTS}, got {self.dilated!r}")
+        if self.ops not in OP_SETS:
+            raise ValueError(f"ops must be one of {tuple(OP_SETS)}, got {self.ops!r}")
         if self.genotype is not None and len(self.genotype.cells) != self.cells:
             raise ValueError(
                 f"genotype has {len(self.genotype.cells)} cells but ModelConfig.cells={self.cells}"
             )
+        if self.backbone is not None:
+            check_backbone(self.backbone)
+            if self.genotype is not None:
+                raise ValueError("a backbone replaces the searched cells: give no genotype")
 
 
 class BioAutoMLNAS(nn.Module):
@@ -68,14 +85,19 @@ class BioAutoMLNAS(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.image_encoder = ImageEncoder(
-            cfg.channels,
-            cfg.cells,
-            cfg.embed_dim,
-            dilated=cfg.dilated,
-            genotype=cfg.genotype,
-            search_bn_affine=cfg.search_bn_affine,
-            stem_kind=cfg.stem,
+        self.image_encoder = (
+            BackboneEncoder(cfg.backbone, cfg.embed_dim, cfg.image_size)
+            if cfg.backbone
+            else ImageEncoder(
+                cfg.channels,
+                cfg.cells,
+                cfg.embed_dim,
+                dilated=cfg.dilated,
+                genotype=cfg.genotype,
+                search_bn_affine=cfg.search_bn_affine,
+                stem_kind=cfg.stem,
+                ops=OP_SETS[cfg.ops],
+            )
         )
         with_meta = bool(cfg.meta_cardinalities)
         self.metadata_encoder = (
@@ -83,35 +105,81 @@ class BioAutoMLNAS(nn.Module):
             if with_meta
             else None
         )
-        self.fusion = FUSIONS[cfg.fusion](
-            cfg.embed_dim, cfg.num_classes, cfg.dropout, with_meta=with_meta
-        )
-        if cfg.genotype is None:
+        searched = isinstance(self.image_encoder, ImageEncoder)
+        self.fusion = build_fusion(
+            cfg.fusion, cfg.embed_dim, cfg.num_classes, cfg.dropout, with_meta=with_meta,
+            stage_channels=self.image_encoder.stage_channels if searched else None,
+        )  # fmt: skip
+        if cfg.genotype is None and cfg.backbone is None:
             theta = torch.randn(cfg.cells, len(EDGE_NAMES), len(OP_NAMES)) * THETA_INIT_STD
             self.theta = nn.Parameter(theta)
         else:
             self.register_parameter("theta", None)
+        # θ keeps a column per op of OP_NAMES whatever the op set, so derive, genotypes and
+        # checkpoints read the same; ops outside the set get -inf before the softmax (α = 0,
+        # never built, never computed). Not persistent: it follows from cfg.ops.
+        excluded = [name not in OP_SETS[cfg.ops] for name in OP_NAMES]
+        theta_mask = torch.tensor([float("-inf") if x else 0.0 for x in excluded])
+        self.register_buffer("theta_mask", theta_mask if any(excluded) else None, persistent=False)
         self._mask_key: tuple[int, int, str] | None = None  # θ's (version, storage, device)
         self._mask: list[list[list[bool]]] = []
 
-    def forward(self, images: Tensor, meta: Tensor | None = None) -> Tensor:
-        """images: [B, 3, H, W]; meta: LongTensor [B, F] (ignored when F = 0). -> logits."""
+    def forward(
+        self, images: Tensor, meta: Tensor | None = None, path: OpPath | None = None
+    ) -> Tensor:
+        """images: [B, 3, H, W]; meta: LongTensor [B, F] (ignored when F = 0). -> logits.
+        `path` (supernet only): one op name per edge per cell; only those ops run, with
+        weight 1 (the shared-weight searches of `bionas.trainer.search`)."""
         if self.theta is None:
-            img = self.image_encoder(images)
+            encoder_args: tuple = ()
         else:
-            alphas, active = self._alphas_and_mask()
-            img = self.image_encoder(images, alphas, active)
+            encoder_args = self._alphas_and_mask() if path is None else self._one_hot(path)
+        meta_vec, meta_tokens = self._encode_metadata(meta)
+        img, img_tokens = self._encode_image(images, encoder_args, meta_vec)
+        return self.fusion(img, meta_vec, img_tokens, meta_tokens)
+
+    def _encode_metadata(self, meta: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
+        """X_meta, and the field tokens when the fusion uses tokens (else None)."""
         if self.metadata_encoder is None:
-            return self.fusion(img, None)
+            return None, None
         if meta is None:
             raise ValueError(f"model expects metadata fields {self.metadata_encoder.fields}")
-        return self.fusion(img, self.metadata_encoder(meta))
+        if self.fusion.uses_tokens:
+            return self.metadata_encoder.forward_with_tokens(meta)
+        return self.metadata_encoder(meta), None
+
+    def _encode_image(
+        self, images: Tensor, encoder_args: tuple, meta_vec: Tensor | None
+    ) -> tuple[Tensor, Tensor | None]:
+        """X_img, and its tokens when the fusion uses tokens; a fusion's hook (progressive:
+        FiLM by X_meta) runs after each cell. A backbone gives its embedding only."""
+        encoder = self.image_encoder
+        if not isinstance(encoder, ImageEncoder):
+            return encoder(images, *encoder_args), None
+        after_cell = self.fusion.after_cell(meta_vec)
+        features = encoder.forward_features(images, *encoder_args, after_cell=after_cell)
+        tokens = encoder.tokens(features) if self.fusion.uses_tokens else None
+        return encoder.forward_head(features), tokens
 
     def _alphas_and_mask(self) -> tuple[Tensor, list[list[list[bool]]]]:
         # fp32 outside autocast: 1e-6 is subnormal in fp16 and the mask would be wrong.
         with torch.autocast(device_type=self.theta.device.type, enabled=False):
-            alphas = torch.softmax(self.theta.float(), dim=-1)  # eq. (6)
+            alphas = self._softmax(self.theta.float())  # eq. (6)
         return alphas, self.prune_mask()
+
+    def _softmax(self, theta: Tensor) -> Tensor:
+        """α = softmax(θ) over the ops of the set (the others get α = 0)."""
+        return torch.softmax(theta if self.theta_mask is None else theta + self.theta_mask, -1)
+
+    def _one_hot(self, path: OpPath) -> tuple[Tensor, list[list[list[bool]]]]:
+        """α and the mask of a single path: 1 for the chosen op of each edge, 0 elsewhere."""
+        alphas = torch.zeros(self.theta.shape)
+        for i, ops in enumerate(path):
+            for j, op in enumerate(ops):
+                if op not in OP_SETS[self.cfg.ops]:
+                    raise ValueError(f"cell {i} edge {j}: {op!r} is not in op set {self.cfg.ops}")
+                alphas[i, j, OP_NAMES.index(op)] = 1.0
+        return alphas.to(self.theta.device), alphas.bool().tolist()
 
     def refresh_prune_mask(self) -> list[list[list[bool]]]:
         """Recompute the mask now (after a θ step, whatever updated θ)."""
@@ -128,7 +196,7 @@ class BioAutoMLNAS(nn.Module):
         key = (theta._version, theta.data_ptr(), str(theta.device))
         if key != self._mask_key:
             with torch.no_grad():
-                alphas = torch.softmax(theta.detach().float(), dim=-1)
+                alphas = self._softmax(theta.detach().float())
                 self._mask = (alphas >= self.cfg.prune_threshold).cpu().tolist()  # one sync
             self._mask_key = key
         return self._mask
@@ -145,7 +213,7 @@ class BioAutoMLNAS(nn.Module):
         """Edge name (`cell0.e1`) -> softmax(θ) row in `OP_NAMES` order, fp32, detached."""
         if self.theta is None:
             return {}
-        alphas = torch.softmax(self.theta.detach().float(), dim=-1)
+        alphas = self._softmax(self.theta.detach().float())
         return {
             edge_key(i, edge): alphas[i, j]
             for i in range(alphas.shape[0])
@@ -153,15 +221,17 @@ class BioAutoMLNAS(nn.Module):
         }
 
     def pruned_op_count(self) -> int:
-        """Non-zero ops whose α is below the threshold, i.e. skipped in forward."""
+        """Non-zero ops of the set whose α is below the threshold, i.e. skipped in forward."""
         if self.theta is None:
             return 0
-        alphas = torch.softmax(self.theta.detach().float(), dim=-1)
-        nonzero = [k for k in range(len(OP_NAMES)) if k != ZERO_INDEX]
+        alphas = self._softmax(self.theta.detach().float())
+        nonzero = [OP_NAMES.index(n) for n in OP_SETS[self.cfg.ops] if n != ZERO]
         return int((alphas[..., nonzero] < self.cfg.prune_threshold).sum())
 
     def genotype(self) -> Genotype:
         """The derived architecture: argmax α per edge (or the fixed net's own genotype)."""
+        if self.cfg.backbone is not None:
+            raise ValueError(f"a backbone network ({self.cfg.backbone}) has no genotype")
         if self.cfg.genotype is not None:
             return self.cfg.genotype
         return derive(self.alphas(), self.image_encoder.reduction_flags)
@@ -185,6 +255,13 @@ class BioAutoMLNAS(nn.Module):
 def build_model(cfg: ModelConfig) -> BioAutoMLNAS:
     """Build the supernet, or the fixed network when `cfg.genotype` is set."""
     return BioAutoMLNAS(cfg)
+
+
+def architecture_json(model: BioAutoMLNAS) -> dict[str, Any]:
+    """What the image encoder is, JSON-ready: {"backbone": NAME}, or the genotype's JSON."""
+    if model.cfg.backbone is not None:
+        return {"backbone": model.cfg.backbone}
+    return json.loads(model.genotype().to_json())
 
 
 def fixed_from_supernet(supernet: BioAutoMLNAS, genotype: Genotype | None = None) -> BioAutoMLNAS:

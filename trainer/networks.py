@@ -44,6 +44,10 @@ def networks_to_evaluate(
     """A fixed run: itself. A search run: the derived network (recalibrated on
     `bn_batches` train batches of the run's dataset) as headline, and the supernet."""
     model: BioAutoMLNAS = run.model
+    if model.cfg.backbone is not None:
+        about = {"network": f"backbone {model.cfg.backbone} trained as such (no genotype)",
+                 "backbone": model.cfg.backbone}  # fmt: skip
+        return Networks(FIXED, {FIXED: model}, {FIXED: about})
     if model.theta is None:
         about = {"network": "fixed genotype trained as such", "genotype": _ops(model)}
         return Networks(FIXED, {FIXED: model}, {FIXED: about})

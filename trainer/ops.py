@@ -159,6 +159,23 @@ OP_NAMES: tuple[str, ...] = tuple(PRIMITIVES)
 ZERO = "zero"
 ZERO_INDEX = OP_NAMES.index(ZERO)
 
+# The primitive sets of the paper's Table I: "Full (10 ops)" (E009), "Reduced (6 ops)"
+# (E010) and "Conv-only (4 ops)" (E011); the paper does not list the reduced ones, so these
+# are ours. They nest (conv-only ⊂ reduced ⊂ full), so each step of the ablation removes one
+# kind of op, and every set keeps `zero`, the op through which the search cuts an edge (the
+# paper's pruning, Sec. III-A.1). `reduced` keeps one op per role: zero (cut), skip
+# (identity), max pool (parameter-free spatial summary), dw-separable 3x3 (cheap spatial
+# filter), dilated 3x3 (wide receptive field) and 1x1 conv (channel mixing); it drops the
+# 5x5 kernels (the costliest ops; their 3x3 siblings stay), SE and average pooling (a second
+# pool). `conv-only` keeps the learned filters of `reduced` and zero: no parameter-free
+# path (skip, pool), so every kept edge convolves. Each set lists its ops in `OP_NAMES`
+# order; θ keeps one column per op of `OP_NAMES` and the model masks the others out.
+OP_SETS: dict[str, tuple[str, ...]] = {
+    "full": OP_NAMES,
+    "reduced": ("dw_sep_3x3", "dil_conv_3x3", "conv_1x1", "max_pool_3x3", "skip", "zero"),
+    "conv-only": ("dw_sep_3x3", "dil_conv_3x3", "conv_1x1", "zero"),
+}
+
 # The paper's symbols (Sec. III-A.1, Fig. 2), for rendering.
 SYMBOLS: dict[str, str] = {
     "dw_sep_3x3": "D3",

@@ -155,6 +155,7 @@ def load_predictor(path: Path, device: str | torch.device = "cpu") -> Predictor:
 def predictor_of_run(run_dir: Path, device: str | torch.device = "cpu") -> Predictor:
     """The eager model of a run folder, with its dataset's crop rule when the dataset is
     still where the run found it (else the ingest defaults, with a warning)."""
+    from bionas.trainer.model import architecture_json
     from bionas.trainer.run import load_trained
 
     device = torch.device(device)
@@ -172,49 +173,88 @@ def predictor_of_run(run_dir: Path, device: str | torch.device = "cpu") -> Predi
         class_names=run.class_names,
         meta_fields=list(run.meta_fields),
         vocabs={f: run.vocabs[f] for f in run.meta_fields},
-        preprocessing=run_preprocessing(run.dataset_dir, run.image_size),
-        calibration=_calibration_for(run_dir, network),
+        preprocessing=run_preprocessing(
+            run.dataset_dir, run.image_size, recorded_dataset_options(run_dir)
+        ),
+        calibration=calibration_of_run(run_dir, network),
         logits_fn=logits_fn,
         device=device,
-        about={"genotype": json.loads(model.genotype().to_json())},
+        about={"genotype": architecture_json(model)},
     )
 
 
-def _calibration_for(run_dir: Path, network: str) -> Calibration:
-    """The run's calibration if it was fitted on the network that answers here: a search
-    run's T is fitted on its derived network, while its folder predicts with the supernet."""
+def calibration_of_run(run_dir: Path, network: str) -> Calibration:
+    """The run's calibration if it still applies: fitted on the network that answers here
+    (a search run's T is fitted on its derived network, while its folder predicts with the
+    supernet), and on the model.pt there now (a resumed run rewrites it). Else T = 1, with
+    a warning."""
     calibration = load_calibration(run_dir)
     fitted_on = calibration.body.get("network")
+    problem = None
     if fitted_on and fitted_on != network:
+        problem = f"was fitted on the {fitted_on} network, but the {network} answers here"
+    fitted_model = calibration.body.get("model_sha256")
+    if problem is None and fitted_model and fitted_model != model_sha256(run_dir):
+        problem = "was fitted on an earlier model.pt (the run trained on since)"
+    if problem:
         log.warning(
-            "%s/%s was fitted on the %s network, but the %s answers here: probabilities "
-            "are uncalibrated (T = 1); calibrate and predict with RUN_DIR/final",
-            run_dir,
-            CALIBRATION_NAME,
-            fitted_on,
-            network,
-        )
+            "%s/%s %s: probabilities are uncalibrated (T = 1); run `bionas calibrate %s`",
+            run_dir, CALIBRATION_NAME, problem, run_dir,
+        )  # fmt: skip
         return Calibration()
     return calibration
 
 
-def run_preprocessing(dataset_dir: Path, image_size: int) -> Preprocessing:
-    """The crop rule recorded in the dataset's manifest (ingest's options)."""
+def model_sha256(run_dir: Path) -> str | None:
+    """sha256 of RUN_DIR/model.pt (what a calibration was fitted on), None if absent."""
+    from bionas.shards.writer import file_sha256
+
+    path = Path(run_dir) / "model.pt"
+    return file_sha256(path) if path.exists() else None
+
+
+def run_preprocessing(
+    dataset_dir: Path,
+    image_size: int,
+    recorded: Mapping[str, Any] | None = None,
+    *,
+    strict: bool = False,
+) -> Preprocessing:
+    """The crop rule of the run's dataset: its manifest's ingest options, else the copy the
+    run recorded at train time (config.json `dataset_options`), else ingest's defaults with
+    a warning — or, `strict` (export), an error: a wrong crop rule changes predictions."""
     from bionas.manifests.manifest import load_manifest
 
     try:
         options = load_manifest(dataset_dir).body.get("options", {})
     except (FileNotFoundError, ValueError, BionasError) as err:
-        log.warning(
-            "the run's dataset %s cannot be read (%s): crops use ingest's defaults "
-            "(margin 0.1, JPEG 90; batch prediction resizes them to 256 px like ingest)",
-            dataset_dir,
-            err,
-        )
-        return Preprocessing(image_size=image_size)
+        if recorded:
+            options = recorded
+        elif strict:
+            raise BionasError(
+                f"the crop rule of the run's dataset is unknown: {dataset_dir} cannot be read "
+                f"({err}) and the run predates recording it. Put the dataset back at "
+                f"{dataset_dir} (or a copy there) and export again"
+            ) from None
+        else:
+            log.warning(
+                "the run's dataset %s cannot be read (%s): crops use ingest's defaults "
+                "(margin 0.1, JPEG 90; batch prediction resizes them to 256 px like ingest)",
+                dataset_dir, err,
+            )  # fmt: skip
+            return Preprocessing(image_size=image_size)
     return Preprocessing(
         image_size=image_size,
         ingest_size=options.get("size"),
         crop_margin=float(options.get("crop_margin", 0.1)),
         quality=int(options.get("quality", 90)),
     )
+
+
+def recorded_dataset_options(run_dir: Path) -> dict[str, Any]:
+    """The crop options RUN_DIR/config.json recorded from its dataset at train time."""
+    try:
+        return dict(json.loads((Path(run_dir) / "config.json").read_text()).get(
+            "dataset_options") or {})  # fmt: skip
+    except (OSError, ValueError):
+        return {}

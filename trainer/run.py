@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from bionas.errors import BionasError
+from bionas.manifests.manifest import load_manifest
 from bionas.manifests.vocab import Vocab, load_vocab, vocab_filename, write_vocab
 from bionas.trainer.config import TrainConfig
 from bionas.trainer.encoder import reduction_flags
@@ -102,6 +103,9 @@ def model_config_for(
             genotype=genotype,
             search_bn_affine=config.search_bn_affine,
             stem=config.stem,
+            ops=config.ops,
+            backbone=config.backbone,
+            image_size=config.image_size if config.backbone else None,
         )
     except ValueError as err:
         raise BionasError(f"invalid model options: {err}") from None
@@ -137,11 +141,22 @@ def write_run_config(
         "class_names": encoding.class_names,
         "vocab_sha256": {f: v.sha256 for f, v in encoding.vocabs.items()},
         "image_size": image_size,
+        # the crop rule predict and export need if the dataset is gone later
+        "dataset_options": _crop_options(dataset_dir),
         **(extra or {}),
     }
     path = run_dir / CONFIG_NAME
     _write_json(path, body)
     return path
+
+
+def _crop_options(dataset_dir: Path) -> dict[str, Any]:
+    """Ingest's options that decide a sample image (size, crop margin, JPEG quality)."""
+    try:
+        options = load_manifest(dataset_dir).body.get("options", {})
+    except (OSError, ValueError, BionasError):
+        return {}
+    return {k: options[k] for k in ("size", "crop_margin", "quality") if k in options}
 
 
 def save_model(run_dir: Path, model: BioAutoMLNAS) -> Path:

@@ -25,6 +25,7 @@ from torch import nn
 
 from bionas.errors import BionasError
 from bionas.manifests.manifest import Manifest, load_manifest
+from bionas.trainer.backbones import load_backbone_weights
 from bionas.trainer.batch_size import cap_gpu_memory, choose_batch_size, restoring_probe
 from bionas.trainer.checkpoint import (
     TrainState,
@@ -142,6 +143,8 @@ def start_session(
         torch.set_num_threads(threads)
     amp = resolve_amp(config, device)
     model = build_model(model_config_for(config, encoding, genotype)).to(device)
+    if config.weights is not None and not config.resume:  # a resume restores its own
+        load_backbone_weights(model.image_encoder, config.weights)
     train_shards = tuple(check_shards_exist(manifest, "train", config.strict))
     heldout = None
     if config.arch_data == "heldout" and model.arch_parameters():

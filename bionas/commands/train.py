@@ -88,6 +88,33 @@ CONVERT = {
     is_flag=True,
     help="Accept metadata fields at or below the target (the paper's setting).",
 )
+@click.option(
+    "--fusion",
+    # the names of bionas.trainer.fusion.FUSIONS (importing it, torch, would slow --help)
+    type=click.Choice(
+        [
+            "concat",
+            "gated",
+            "bilinear",
+            "cross_attention",
+            "transformer",
+            "multihead",
+            "progressive",
+            "ensemble",
+        ]
+    ),  # fmt: skip
+    default="concat",
+    show_default=True,
+    help="How the image and metadata embeddings are combined (the paper's Table I; fusion "
+    "parameters vs concat at D = 256): concat (the paper's: one head on [image; metadata]), "
+    "gated (per-feature gate, 1.5x), bilinear (low-rank bilinear pooling, rank 256, 1.5x), "
+    "cross_attention (image tokens attend to metadata tokens and back, 4.9x), transformer "
+    "(2 blocks over [CLS; image tokens; metadata tokens], 8.3x; attention FLOPs grow with "
+    "the feature map), multihead (4 heads each weighing the two modalities in its own "
+    "sub-space, 1.5x), progressive (FiLM by the metadata after every cell, then concat, "
+    "1.8x), ensemble (image and metadata heads, logits mixed by a learned weight, 1.03x). "
+    "With --meta-fields none only concat, gated and transformer apply.",
+)
 @click.option("--epochs", type=INT1, default=10, show_default=True)
 @click.option("--max-steps", type=INT1, help="Stop after this many steps in all (checkpointed).")
 @click.option(
@@ -156,6 +183,22 @@ CONVERT = {
     "z2 = SK(x) + D3(z1), a ResNet basic block) or `pool_skip` (no learned spatial filter).",
 )
 @click.option(
+    "--backbone",
+    metavar="NAME",
+    help="A torchvision classification model as the image encoder instead of the searched "
+    "cells (resnet18, vgg16, densenet121, efficientnet_b0, convnext_tiny, vit_b_16, swin_t, "
+    "...): its last layer replaced by a Linear to the embedding, with the same metadata "
+    "encoder, fusion and loop (weights only, no θ); the paper's Table II baselines. From "
+    "scratch unless --weights.",
+)
+@click.option(
+    "--weights",
+    type=FILE,
+    help="A local state dict for --backbone (e.g. torch.save(torchvision.models.resnet18("
+    "weights='DEFAULT').state_dict(), FILE), or a backbone run's model.pt); its classifier "
+    "is dropped. Nothing is ever downloaded.",
+)
+@click.option(
     "--checkpoint-every",
     type=INT1,
     help="Also checkpoint every N steps (always at the end of each epoch).",
@@ -185,6 +228,56 @@ CONVERT = {
     show_default=True,
     help="Dilated convs as full convs (paper) or separable.",
 )
+@click.option(
+    "--ops",
+    type=click.Choice(["full", "reduced", "conv-only"]),
+    default="full",
+    show_default=True,
+    help="The supernet's primitive set (the paper's Table I: 10, 6 and 4 ops; it does not "
+    "list the smaller two, so these are ours). They nest and all keep zero, through which "
+    "the search cuts an edge. full: all ten. reduced: one op per role: zero, skip, max pool, "
+    "dw-separable 3x3, dilated 3x3, 1x1 conv (no 5x5 kernels, SE or avg pool). conv-only: "
+    "zero and those three convs (no parameter-free path). Only the set's ops are built; the "
+    "others' α is 0.",
+)
+@click.option(
+    "--search",
+    type=click.Choice(["darts", "random", "evolution", "reinforce", "enas"]),
+    default="darts",
+    show_default=True,
+    help="darts: the paper's gradient-based Algorithm 1. The others share one protocol: "
+    "--epochs of weight steps on the supernet, each batch through one uniformly drawn path "
+    "(enas: drawn from its policy), no θ; then genotypes are scored on the first "
+    "--search-val-batches validation batches with those shared weights (BatchNorm on each "
+    "batch's statistics). random: --search-evaluations uniform genotypes, best kept. "
+    "evolution: regularized evolution (--population, --sample-size, one-edge mutations, the "
+    "oldest dies). reinforce: a policy of logits per edge (not an LSTM) trained with "
+    "REINFORCE on val accuracy, moving-average baseline. enas: that policy and the shared "
+    "weights trained in alternation, each epoch. Each writes RUN_DIR/genotype.json, "
+    "search_history.jsonl and search.json (what was spent). A resume redoes the scoring "
+    "after the last epoch. Ignored with --genotype.",
+)
+@click.option(
+    "--search-evaluations",
+    type=INT1,
+    default=32,
+    show_default=True,
+    help="Genotypes scored with shared weights in all (not darts; enas spreads them over "
+    "the epochs as policy steps, then scores 8 final candidates).",
+)
+@click.option(
+    "--search-val-batches",
+    type=INT1,
+    default=8,
+    show_default=True,
+    help="Validation batches each genotype is scored on (the same batches for all).",
+)
+@click.option("--population", type=click.IntRange(min=2), default=8, show_default=True,
+              help="Evolution: population size.")  # fmt: skip
+@click.option("--sample-size", type=INT1, default=3, show_default=True,
+              help="Evolution: members drawn per tournament; the best is mutated.")  # fmt: skip
+@click.option("--policy-lr", type=float, default=0.05, show_default=True,
+              help="reinforce, enas: Adam learning rate of the policy logits.")  # fmt: skip
 @click.option(
     "--theta-optimizer",
     type=click.Choice(["adam", "adamw"]),
@@ -278,6 +371,9 @@ def command(ctx: click.Context, dataset_dir: Path, run_dir: Path, config_file: P
              --cells 3 --channels 8 --max-steps 50
       bionas train ds/ --out run/ --retrain-epochs 20   # search, derive, final model
       bionas derive run/ && bionas train ds/ --out fixed/ --genotype run/genotype.json
+      bionas train ds/ --out r18/ --backbone resnet18   # a Table II baseline (no θ)
+      bionas train ds/ --out evo/ --search evolution --search-evaluations 100 \\
+             --ops reduced --retrain-epochs 20     # Table I: another search, fewer ops
       bionas train ds/ --out paper/ --meta-fields dna_bin,class,family \\
              --allow-target-leakage                     # the paper's leaky setting
       torchrun --nproc-per-node 4 -m bionas train ds/ --out run/   # 4 GPUs (DDP)
@@ -334,6 +430,8 @@ def command(ctx: click.Context, dataset_dir: Path, run_dir: Path, config_file: P
             final = final_run_dir(run_dir)
             click.echo(f"final model: {final} ({len(histories['final'])} epoch(s))")
             click.echo(f"next: bionas evaluate {final}")
+        elif config.backbone:
+            click.echo(f"next: bionas evaluate {run_dir}")
         else:
             click.echo(f"next: bionas derive {run_dir} && bionas evaluate {run_dir}")
 
