@@ -21,9 +21,12 @@ experiment of the plan is written to RUNS_DIR/comparison.{md,csv,png} at the end
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -39,6 +42,8 @@ from bionas.trainer.final import FINAL_DIR
 from bionas.trainer.run import CHECKPOINT, CONFIG_NAME
 
 FORMAT = "bionas.experiment/1"
+PR_SET_PDEATHSIG = 1  # prctl(2)
+STOP_SECONDS = 30.0  # how long a stopped experiment may take to exit before SIGKILL
 LOG_NAME = "ablate.log"
 Echo = Callable[[str], None]
 
@@ -166,14 +171,37 @@ def run_logged(command: list[str], log_path: Path, echo: Echo) -> tuple[int, flo
         log.write("$ " + " ".join(command) + "\n")
         log.flush()
         with subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
-        ) as child:
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+            preexec_fn=_stop_with_parent,
+        ) as child:  # fmt: skip
             assert child.stdout is not None
-            for line in child.stdout:
-                log.write(line)
-                echo("  " + line.rstrip("\n"))
-            code = child.wait()
+            try:
+                for line in child.stdout:
+                    log.write(line)
+                    echo("  " + line.rstrip("\n"))
+                code = child.wait()
+            except BaseException:  # Ctrl-C, or an error here: the experiment stops too
+                _stop(child)
+                raise
     return code, time.monotonic() - started
+
+
+def _stop(child: subprocess.Popen) -> None:
+    """SIGTERM (train checkpoints nothing more but leaves its files whole), then SIGKILL."""
+    child.terminate()
+    try:
+        child.wait(timeout=STOP_SECONDS)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
+
+
+def _stop_with_parent() -> None:
+    """In the child, before exec: SIGTERM when ablate dies, even by SIGKILL (Linux), so no
+    orphan trains on while a rerun resumes the same folder."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
 
 
 def read_record(run_dir: Path) -> dict[str, Any]:

@@ -9,9 +9,7 @@ folder) ends the run with one line naming the file, and the rerun resumes.
 from __future__ import annotations
 
 import errno
-import fcntl
 import logging
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,7 +23,7 @@ from bionas.manifests.manifest import (
     SHARD_DIR,
     VOCAB_DIR,
 )
-from bionas.shards.atomic import TEMP_NAME
+from bionas.shards.atomic import TEMP_NAME, Locked, exclusive_lock
 
 log = logging.getLogger(__name__)
 LOCK_NAME = ".ingest.lock"
@@ -43,23 +41,15 @@ def locked(out: Path) -> Iterator[None]:
         out.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
         raise BionasError(f"--out {out} is a file, or lies under one: give a folder") from None
-    path = out / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
-            who = f" (pid {holder})" if holder.isdigit() else ""
-            raise BionasError(
-                f"another bionas ingest{who} is writing {out} ({path} is locked): wait for "
-                "it to finish or stop it, or choose another --out"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield
-    finally:
-        os.close(fd)  # releases the lock; the file stays (unlinking it would race a waiter)
+        with exclusive_lock(out / LOCK_NAME):
+            yield
+    except Locked as err:
+        who = f" ({err.holder})" if err.holder else ""
+        raise BionasError(
+            f"another bionas ingest{who} is writing {out} ({err.path} is locked): wait for "
+            "it to finish or stop it, or choose another --out"
+        ) from None
 
 
 def sweep_temp_files(out: Path) -> None:

@@ -221,3 +221,27 @@ def test_dry_run_says_what_each_experiment_needs(ablation, tmp_path):
     assert "manual: train" in result.output
     assert "bionas train" in result.output and "--genotype manual" in result.output
     assert not (tmp_path / "new").exists()
+
+
+def test_stopping_ablate_stops_its_experiment(tmp_path):
+    """Ctrl-C (or any error) in ablate used to leave the training child running, so a rerun
+    trained the same folder twice at once; the child also dies with ablate (PDEATHSIG)."""
+    import os
+    import sys
+    import time
+
+    from bionas.ablate import run_logged
+
+    child_pid = []
+
+    def interrupt(line: str) -> None:
+        child_pid.append(int(line.split()[-1]))
+        raise KeyboardInterrupt
+
+    sleeper = "import os, time; print('pid', os.getpid(), flush=True); time.sleep(120)"
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        run_logged([sys.executable, "-c", sleeper], tmp_path / "ablate.log", interrupt)
+    assert time.monotonic() - started < 60
+    with pytest.raises(ProcessLookupError):  # reaped: no such process any more
+        os.kill(child_pid[0], 0)

@@ -157,6 +157,7 @@ def test_a_weights_file_of_another_model_is_refused_naming_its_keys(dataset, tmp
         (["--backbone", "resnet18", "--retrain-epochs", "1"], "a --backbone resnet18 run has none"),
         (["--backbone", "resnet19"], "unknown backbone 'resnet19': did you mean resnet18"),
         (["--weights", "{weights}"], "give --backbone too"),
+        (["--backbone", "resnet18", "--ops", "conv-only"], "has no cells"),
     ],
 )
 def test_options_a_backbone_cannot_take_are_refused(dataset, tmp_path, options, message):
@@ -166,6 +167,14 @@ def test_options_a_backbone_cannot_take_are_refused(dataset, tmp_path, options, 
     result = bionas("train", dataset, "--out", tmp_path / "run", *options, *TINY)
     assert result.exit_code == 1 and message in result.output, result.output
     assert not (tmp_path / "run").exists()
+
+
+def test_an_image_size_the_backbone_cannot_take_is_one_line(dataset, tmp_path):
+    options = [o for o in TINY if o not in ("--image-size", "32")]
+    result = bionas("train", dataset, "--out", tmp_path / "run", "--backbone", "vit_b_16",
+                    "--image-size", "8", *options)  # fmt: skip
+    assert result.exit_code == 1 and "cannot take --image-size 8" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "run" / "model.pt").exists()
 
 
 def test_derive_refuses_a_backbone_run(trained):

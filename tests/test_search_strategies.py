@@ -253,13 +253,16 @@ def test_the_best_scored_genotype_is_chosen():
          "val_loss": 0.9, "samples": 8},
         {"evaluation": 2, "phase": "search", "genotype": [["se"] * 3], "val_acc": 0.75,
          "val_loss": 0.9, "samples": 8},
-        {"evaluation": 3, "phase": "search", "genotype": [["zero"] * 3], "val_acc": 0.75,
-         "val_loss": 0.4, "samples": 8},
-        {"evaluation": 4, "phase": "select", "genotype": [["conv_1x1"] * 3], "val_acc": 1.0,
+        {"evaluation": 3, "phase": "search", "genotype": [["skip", "zero", "se"]],
+         "val_acc": 0.75, "val_loss": 0.4, "samples": 8},
+        # a policy's draw that cuts z2 off (derive would restore an edge): never chosen
+        {"evaluation": 4, "phase": "search", "genotype": [["zero"] * 3], "val_acc": 1.0,
+         "val_loss": 0.1, "samples": 8},
+        {"evaluation": 5, "phase": "select", "genotype": [["conv_1x1"] * 3], "val_acc": 1.0,
          "val_loss": 0.1, "samples": 8},
     ]  # fmt: skip
     path, score = ctx.best(("search",))
-    assert path == (("zero",) * 3,) and score.val_acc == 0.75  # equal accuracy: lower loss
+    assert path == (("skip", "zero", "se"),) and score.val_acc == 0.75  # ties: lower loss
 
 
 def test_a_reward_above_the_baseline_raises_the_logit_of_the_chosen_op():

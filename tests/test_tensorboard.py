@@ -63,6 +63,20 @@ def test_without_tensorboard_installed_nothing_is_written(tmp_path, monkeypatch)
     assert not (tmp_path / TENSORBOARD_DIR).exists()
 
 
+class _BrokenInstall:
+    """A module whose import raises what a protobuf mismatch raises."""
+
+    def __getattr__(self, name):
+        raise TypeError("Descriptors cannot be created directly")
+
+
+def test_a_broken_tensorboard_install_is_a_warning_not_a_failed_run(tmp_path, monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", _BrokenInstall())
+    with caplog.at_level("WARNING"):
+        board = TensorBoardLog.open(tmp_path, step=0)
+    assert not board.enabled and "cannot be imported" in caplog.text
+
+
 class BrokenWriter:
     def add_scalar(self, *args, **kwargs):
         raise OSError(28, "No space left on device")

@@ -201,3 +201,18 @@ def test_under_torchrun_only_rank_0_reports_a_bad_option(
     result = bionas("train", dataset, "--out", tmp_path / "run", *TINY, "--lr-theta", "-1")
     assert result.exit_code == 1
     assert ("--lr-theta must be > 0" in result.output) is says_it, result.output
+
+
+def test_a_second_training_into_the_same_folder_fails_at_once(dataset, tmp_path):
+    """Two trainings of one run folder (say an orphaned ablate child and its rerun) would
+    interleave checkpoints; the second stops naming the first."""
+    from bionas.shards.atomic import exclusive_lock
+    from bionas.trainer.loop import TRAIN_LOCK
+
+    run = tmp_path / "run"
+    run.mkdir()
+    with exclusive_lock(run / TRAIN_LOCK):  # held as another process would hold it
+        result = bionas("train", dataset, "--out", run, *TINY)
+    assert result.exit_code != 0 and "another bionas train" in result.output
+    assert not (run / "model.pt").exists() and "Traceback" not in result.output
+    assert bionas("train", dataset, "--out", run, *TINY).exit_code == 0  # released

@@ -235,6 +235,11 @@ def _validate_backbone(c: TrainConfig) -> None:
         f"--retrain-epochs retrains the genotype a search derives; a --backbone {c.backbone} "
         "run has none (train it longer with --epochs)",
     )
+    _check(
+        c.ops == "full",
+        f"--ops {c.ops} picks the searched cells' primitives; a --backbone {c.backbone} run "
+        "has no cells",
+    )
 
 
 def _validate_search(c: TrainConfig) -> None:

@@ -288,9 +288,11 @@ def render(genotype: Genotype) -> str:
     ties = genotype.near_ties
     if ties:
         edges = sum(len(c.edges) for c in genotype.cells)
+        alphas = genotype.cells[0].edges[0].alphas  # ops outside --ops have α = 0
+        live = sum(1 for a in alphas if a > 0) or len(OP_NAMES)
         lines.append(
             f"{len(ties)} of {edges} edges are near ties (the kept op's α is less than "
-            f"{NEAR_TIE - 1:.0%} above the next op's; an even share is {1 / len(OP_NAMES):.3f}): "
+            f"{NEAR_TIE - 1:.0%} above the next op's; an even share is {1 / live:.3f}): "
             "the search has not decided them and the op kept there is close to arbitrary. "
             "Search longer, or with a higher --lr-theta (or --lr-theta auto)."
         )

@@ -32,12 +32,15 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from bionas.errors import BionasError
+from bionas.shards.atomic import Locked, exclusive_lock
 from bionas.trainer.batch_size import release_cached_memory
 from bionas.trainer.checkpoint import (
     TrainState,
@@ -78,6 +81,7 @@ from bionas.trainer.step import StepResult, over_all_ranks, task_loss, to_device
 from bionas.trainer.tensorboard_log import TensorBoardLog
 
 log = logging.getLogger(__name__)
+TRAIN_LOCK = ".train.lock"  # in RUN_DIR, held by rank 0 while it trains
 StepHook = Callable[[dict[str, Any]], None]
 
 
@@ -91,7 +95,37 @@ def train(
     """Run (or with `config.resume`, continue) a training run; returns the epoch history.
     With `dist` from `process_group`, this is one rank of a distributed run; the hooks
     then see the all-rank records on every rank. A `--search` other than darts (with no
-    --genotype to train) runs its own strategy (`bionas.trainer.search`)."""
+    --genotype to train) runs its own strategy (`bionas.trainer.search`). One training
+    writes a run folder at a time: rank 0 holds RUN_DIR/.train.lock."""
+    if not dist.is_main:
+        return _train(config, on_step=on_step, on_epoch=on_epoch, dist=dist)
+    run_dir = Path(config.run_dir)
+    created = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with exclusive_lock(run_dir / TRAIN_LOCK):
+            return _train(config, on_step=on_step, on_epoch=on_epoch, dist=dist)
+    except BaseException as err:
+        if created and {p.name for p in run_dir.iterdir()} <= {TRAIN_LOCK}:
+            (run_dir / TRAIN_LOCK).unlink(missing_ok=True)  # refused before writing: no trace
+            run_dir.rmdir()
+        if not isinstance(err, Locked):
+            raise
+
+        who = f" ({err.holder})" if err.holder else ""
+        raise BionasError(
+            f"another bionas train{who} is writing {config.run_dir} ({err.path} is locked): "
+            "wait for it to finish or stop it, or choose another --out"
+        ) from None
+
+
+def _train(
+    config: TrainConfig,
+    *,
+    on_step: StepHook | None = None,
+    on_epoch: StepHook | None = None,
+    dist: Dist = SINGLE,
+) -> list[dict[str, Any]]:
     if config.search != "darts" and config.genotype is None:
         from bionas.trainer.search import STRATEGIES  # it imports this module
 

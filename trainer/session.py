@@ -50,7 +50,7 @@ from bionas.trainer.genotype import Genotype, architecture_of
 from bionas.trainer.heldout import HeldOutShards, split_heldout
 from bionas.trainer.leakage import dataset_taxonomy, resolve_meta_fields
 from bionas.trainer.logs import start_logs, trim_logs
-from bionas.trainer.model import BioAutoMLNAS, build_model
+from bionas.trainer.model import BioAutoMLNAS, ModelConfig, build_model
 from bionas.trainer.run import (
     CHECKPOINT,
     CONFIG_NAME,
@@ -142,7 +142,8 @@ def start_session(
     if threads is not None:
         torch.set_num_threads(threads)
     amp = resolve_amp(config, device)
-    model = build_model(model_config_for(config, encoding, genotype)).to(device)
+    model = build_backbone_checked(model_config_for(config, encoding, genotype), config)
+    model = model.to(device)
     if config.weights is not None and not config.resume:  # a resume restores its own
         load_backbone_weights(model.image_encoder, config.weights)
     train_shards = tuple(check_shards_exist(manifest, "train", config.strict))
@@ -366,3 +367,25 @@ def _pick_batch_size(
     batch_size = choose_batch_size(config.batch_size, device, fits, samples)
     log.info("batch size %d", batch_size)
     return batch_size
+
+
+def build_backbone_checked(cfg: ModelConfig, config: TrainConfig) -> BioAutoMLNAS:
+    """The model; for a torchvision backbone, also one forward of a blank image at
+    --image-size, so a size the network cannot take (ViT's patch multiple, Inception's
+    minimum) is one line now rather than a traceback at the first step."""
+    if cfg.backbone is None:
+        return build_model(cfg)
+    size = config.image_size
+    try:
+        model = build_model(cfg)
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            model.image_encoder(torch.zeros(1, 3, size, size))
+        model.train(was_training)
+    except (ValueError, RuntimeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise BionasError(
+            f"--backbone {cfg.backbone} cannot take --image-size {size}: {first}"
+        ) from None
+    return model

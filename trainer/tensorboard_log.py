@@ -57,6 +57,9 @@ class TensorBoardLog:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:  # tensorboard is an optional extra
             return cls(None)
+        except Exception as err:  # a broken install (say a protobuf mismatch) fails here
+            log.warning("TensorBoard cannot be imported, no event files for this run: %s", err)
+            return cls(None)
         try:
             writer = SummaryWriter(str(Path(run_dir) / TENSORBOARD_DIR), purge_step=step)
         except Exception as err:  # any failure: see _guard

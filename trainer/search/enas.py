@@ -10,11 +10,10 @@ weights, and the best is kept (earlier scores came from other weights and are no
 
 from __future__ import annotations
 
-from bionas.trainer.search.policy import policy_mode, policy_probabilities, sample_policy
 from bionas.trainer.search.reinforce import chance, policy_steps
 from bionas.trainer.search.scoring import Score
 from bionas.trainer.search.shared import SearchContext
-from bionas.trainer.search.space import Path, reachable
+from bionas.trainer.search.space import Path
 
 FINAL_DRAWS = 7  # with the mode: 8 candidates, as ENAS samples a handful before choosing
 
@@ -32,15 +31,6 @@ def after_epoch(ctx: SearchContext) -> None:
 
 
 def select(ctx: SearchContext) -> tuple[Path, Score]:
-    rng = ctx.rng("enas-select")
-    candidates = [policy_mode(ctx.model)]
-    probs = policy_probabilities(ctx.model)
-    for _ in range(20 * FINAL_DRAWS):  # dead or repeated draws are skipped
-        if len(candidates) > FINAL_DRAWS:
-            break
-        path = sample_policy(rng, probs)
-        if reachable(path) and path not in candidates:
-            candidates.append(path)
-    for path in candidates:
+    for path in ctx.final_candidates(ctx.rng("enas-select"), FINAL_DRAWS):
         ctx.evaluate(path, "select")
     return ctx.best(("select",))

@@ -16,7 +16,6 @@ from typing import Any
 
 from bionas.trainer.search.policy import (
     next_baseline,
-    policy_mode,
     policy_probabilities,
     reinforce_update,
     sample_policy,
@@ -52,5 +51,7 @@ def policy_steps(
 
 def select(ctx: SearchContext) -> tuple[Path, Score]:
     policy_steps(ctx, ctx.config.search_evaluations, "search", ctx.rng("reinforce"), chance(ctx))
-    ctx.evaluate(policy_mode(ctx.model), "select")
+    # the policy's draws may cut a node off; at least one reachable path is scored here
+    for path in ctx.final_candidates(ctx.rng("reinforce-select"), 0):
+        ctx.evaluate(path, "select")
     return ctx.best(("search", "select"))

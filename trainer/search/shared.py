@@ -49,7 +49,14 @@ from bionas.trainer.model import BioAutoMLNAS
 from bionas.trainer.ops import OP_NAMES, OP_SETS
 from bionas.trainer.run import save_model
 from bionas.trainer.search.scoring import Score, score_batches, score_path
-from bionas.trainer.search.space import Path, from_genotype, sample_uniform, to_json
+from bionas.trainer.search.space import (
+    Path,
+    from_genotype,
+    from_json,
+    reachable,
+    sample_uniform,
+    to_json,
+)
 from bionas.trainer.session import Optimizers, Session, start_session
 from bionas.trainer.tensorboard_log import TensorBoardLog
 
@@ -119,11 +126,38 @@ class SearchContext:
         return score
 
     def best(self, phases: tuple[str, ...]) -> tuple[Path, Score]:
-        """The best-scoring genotype of these phases (the first of equals)."""
-        records = [r for r in self.history if r["phase"] in phases]
+        """The best-scoring reachable genotype of these phases (the first of equals). A
+        policy may draw paths that cut a node off; derive would restore an edge of such a
+        path, so it is never the choice."""
+        records = [
+            r for r in self.history
+            if r["phase"] in phases and reachable(from_json(r["genotype"]))
+        ]  # fmt: skip
+        if not records:
+            raise ValueError(f"no reachable genotype was scored in phases {phases}")
         top = max(records, key=lambda r: (r["val_acc"], -r["val_loss"], -r["evaluation"]))
         path = tuple(tuple(cell) for cell in top["genotype"])
         return path, Score(top["val_acc"], top["val_loss"], top["samples"])
+
+    def final_candidates(self, rng: random.Random, draws: int) -> list[Path]:
+        """The policy's most likely path and up to `draws` distinct draws from it, all
+        reachable; a uniform reachable path when the policy gives none."""
+        from bionas.trainer.search.policy import (
+            policy_mode,
+            policy_probabilities,
+            sample_policy,
+        )
+
+        mode = policy_mode(self.model)
+        candidates = [mode] if reachable(mode) else []
+        probs = policy_probabilities(self.model)
+        for _ in range(20 * draws):  # dead or repeated draws are skipped
+            if len(candidates) > draws:
+                break
+            path = sample_policy(rng, probs)
+            if reachable(path) and path not in candidates:
+                candidates.append(path)
+        return candidates or [self.sample_uniform(rng)]
 
 
 @dataclass(frozen=True)
