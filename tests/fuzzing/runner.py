@@ -60,17 +60,24 @@ def crash_detail(exc: BaseException) -> str:
 
 
 def fuzz(
-    target: type, seed: int, workdir: Path, seconds: float, max_cases: int, case_timeout: float
+    target: type,
+    seed: int,
+    workdir: Path,
+    seconds: float,
+    max_cases: int,
+    case_timeout: float,
+    min_cases: int = 0,
 ) -> Report:
-    """Cases 0, 1, ... of `target(workdir)` until `max_cases` ran or `seconds` passed, in
-    a child process. A case with no result after `case_timeout` s is a hang (the child is
-    killed, a fresh one goes on with the next case); a child that dies is a crash."""
+    """Cases 0, 1, ... of `target(workdir)` until `max_cases` ran or `seconds` passed (but
+    at least `min_cases`, however slow the machine), in a child process. A case with no
+    result after `case_timeout` s is a hang (the child is killed, a fresh one goes on with
+    the next case); a child that dies is a crash."""
     context = mp.get_context("spawn")  # a clean process: no inherited threads or state
     outcomes: list[Outcome] = []
     start, deadline, index = time.perf_counter(), time.time() + seconds, 0
-    while index < max_cases and time.time() < deadline:
+    while index < max_cases and (index < min_cases or time.time() < deadline):
         receive, send = context.Pipe(duplex=False)
-        args = (send, target, seed, str(workdir), index, max_cases, deadline)
+        args = (send, target, seed, str(workdir), index, max_cases, deadline, min_cases)
         child = context.Process(target=_child, args=args, daemon=True)
         child.start()
         send.close()  # the child's end: EOF here once the child is gone
@@ -110,13 +117,16 @@ def _collect(receive, child, index: int, outcomes: list[Outcome], case_timeout: 
         timeout = case_timeout
 
 
-def _child(send, target: type, seed: int, workdir: str, first: int, stop: int, deadline: float):
+def _child(
+    send, target: type, seed: int, workdir: str, first: int, stop: int, deadline: float,
+    min_cases: int = 0,
+):  # fmt: skip
     logging.disable(logging.WARNING)  # every skipped shard and sample is logged: expected here
     warnings.simplefilter("ignore")  # and PIL warns of the corrupt EXIF it was given
     runner = target(Path(workdir))
     send.send(("ready", None))
     for index in range(first, stop):
-        if time.time() >= deadline:
+        if index >= min_cases and time.time() >= deadline:
             break
         try:
             outcome = runner.run(seed, index)
