@@ -230,7 +230,7 @@ def main() -> int:
     runs.mkdir(exist_ok=True)
     log_path = runs / "bench_tables.log"
     command = " ".join(["python", "benchmarks/bench_tables.py", *sys.argv[1:]])
-    with open(log_path, "w") as log:
+    with open(log_path, "a") as log:  # a rerun (resume) appends to the first run's log
 
         def say(text: str = "") -> None:
             print(text, flush=True)
@@ -272,8 +272,14 @@ def main() -> int:
         outputs: list[Path] = [plan]
         for table, members in tables.items():
             folder = runs / table
-            run_logged([*BIONAS, "compare", *(str(runs / m) for m in members), "--out",
-                        str(folder)], log)  # fmt: skip
+            missing = [m for m in members if not (runs / m / "config.json").exists()]
+            if missing:  # a failed experiment: compare refuses a folder that is not a run
+                say(f"{table}: left out (failed, no run): {', '.join(missing)}; rerun to retry")
+            present = [str(runs / m) for m in members if m not in missing]
+            if run_logged([*BIONAS, "compare", *present, "--out", str(folder)], log) != 0:
+                say(f"{table}: bionas compare failed")
+                rc = rc or 1
+                continue
             rows = read_csv(folder / "comparison.csv")
             say(f"\n{table} ({args.n} synthetic specimens, {args.epochs} epoch(s), seed 0):")
             say(key_table(rows))
