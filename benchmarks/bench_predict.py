@@ -89,16 +89,13 @@ def floor(paths: list[Path], workers: int, batch_size: int) -> int:
 
 
 def image_path(folder: Path, run: Path, out: Path, workers: int, batch_size: int) -> int:
-    from bionas.batch_predict import table_images
-    from bionas.predict_sources import collate_items
+    from bionas.batch_predict import open_table_images
 
     cfg = BatchPredictConfig(model_dir=run, out=out / "unused.parquet",
                              metadata=folder / "metadata.csv", images=images_of(folder),
                              bbox=folder / "bbox.tsv", workers=workers, device="cpu")  # fmt: skip
-    images = table_images(cfg, load_predictor(run, "cpu"))
-    loader = DataLoader(images, batch_size=batch_size, num_workers=workers,
-                        collate_fn=collate_items)  # fmt: skip
-    return sum(len(batch["pixels"]) for batch in loader)
+    table = open_table_images(cfg, load_predictor(run, "cpu"))
+    return sum(len(batch["pixels"]) for batch in table.batches(batch_size, workers, False))
 
 
 def model_only(run: Path, photos: int, batch_size: int) -> int:

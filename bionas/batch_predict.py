@@ -4,20 +4,24 @@ the model in DataLoader batches, into one CSV or Parquet table in input order.
 source (`predict_sources`: a table's photos or a split's shards) -> DataLoader (workers
 read, crop, decode) -> normalise on the device -> calibrated probabilities (AMP on CUDA)
 -> top-k, low-confidence flag, metadata known to the model -> one table, written atomically.
+
+A table streams: it is read, predicted and appended to the output `CHUNK_ROWS` rows at a
+time (`predict_sources`), so memory does not grow with its length. A split's rows are
+sorted into shard order at the end (the workers' shards interleave), so its output frame
+is held whole (Arrow columns, ~0.1-0.2 KB a row).
 """
 
 from __future__ import annotations
 
-import io
 import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 import polars as pl
@@ -26,14 +30,18 @@ from torch.utils.data import DataLoader
 
 from bionas.errors import BionasError
 from bionas.predict_sources import OK
-from bionas.shards.atomic import write_atomic
+from bionas.shards.atomic import fsync_dir, temp_path
 from bionas.trainer.predict import normalize
 from bionas.trainer.predictor import Predictor
+
+if TYPE_CHECKING:
+    from bionas.predict_sources import TableInput
 
 # Without a threshold from `bionas calibrate` or --low-confidence: below 0.5 the model
 # gives the other classes together more probability than its answer.
 DEFAULT_LOW_CONFIDENCE = 0.5
 FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+WRITE_ROWS = 16_384  # output rows gathered per append (a Parquet row group)
 
 
 @dataclass(frozen=True)
@@ -118,26 +126,35 @@ class PredictSummary:
 
 
 def predict_to_file(cfg: BatchPredictConfig) -> PredictSummary:
-    """Predict every input row of `cfg` and write the table to `cfg.out`."""
+    """Predict every input row of `cfg` and write the table to `cfg.out`, a chunk at a time."""
     from bionas.trainer.config import resolve_device
     from bionas.trainer.predictor import load_predictor
 
     check_writable(cfg.out)  # before the work, not after it
     device = resolve_device(cfg.device)
     predictor = load_predictor(cfg.model_dir, device)
-    loader, total, unmapped = _loader(cfg, predictor, device)
+    batches, total, unmapped = _loader(cfg, predictor, device)
     threshold, source = low_confidence_threshold(cfg.low_confidence, predictor)
     summary = PredictSummary(cfg.out, predictor.network, threshold=threshold,
                              threshold_from=source, unmapped=unmapped)  # fmt: skip
     start = time.perf_counter()
-    rows = predict_rows(predictor, loader, cfg.top_k, total=total, progress=cfg.progress,
+    empty = output_frame(Rows(min(cfg.top_k, len(predictor.class_names))), predictor, threshold)
+    rows = predict_rows(predictor, batches, cfg.top_k, total=total, progress=cfg.progress,
                         reader=summary.reader)  # fmt: skip
-    frame = output_frame(rows, predictor, threshold)
-    write_table(frame, cfg.out)
+    frames = (output_frame(r, predictor, threshold) for r in rows)
+    if cfg.dataset is not None:  # the workers' shards interleave: sort them all at the end
+        frames = iter([pl.concat([empty, *frames]).sort("order")])
+    with TableWriter(cfg.out, empty.drop("order").schema) as writer:
+        last = -1
+        for frame in frames:  # a table's batches come in input order
+            if frame.height and frame["order"][0] <= last:
+                raise AssertionError("batches out of input order")
+            last = frame["order"][-1] if frame.height else last
+            writer.write(frame.drop("order"))
+            summary.rows += frame.height
+            summary.statuses.update(frame["status"].to_list())
+            summary.low_confidence += int(frame["low_confidence"].sum() or 0)
     summary.seconds = time.perf_counter() - start
-    summary.rows = frame.height
-    summary.statuses.update(frame["status"].to_list())
-    summary.low_confidence = int(frame["low_confidence"].sum() or 0)
     return summary
 
 
@@ -152,9 +169,9 @@ def low_confidence_threshold(given: float | None, predictor: Predictor) -> tuple
 
 def _loader(
     cfg: BatchPredictConfig, predictor: Predictor, device: torch.device
-) -> tuple[DataLoader, int, tuple[str, ...]]:
-    """The DataLoader over the inputs, their count, and fields fed as unknown."""
-    from bionas.predict_sources import ShardSamples, collate_items
+) -> tuple[Iterable[dict[str, Any]], int, tuple[str, ...]]:
+    """The batches of the inputs (from DataLoaders), their count, and fields fed as unknown."""
+    from bionas.predict_sources import ShardSamples
 
     workers, pin = cfg.worker_count, device.type == "cuda"
     if cfg.dataset is not None:
@@ -169,35 +186,35 @@ def _loader(
         stream = ShardSamples(refs, predictor.meta_fields, predictor.image_size, cfg.batch_size)
         total = sum(r.samples or 0 for r in refs)
         return DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=pin), total, ()
-    images = table_images(cfg, predictor)
-    loader = DataLoader(images, batch_size=cfg.batch_size, num_workers=workers,
-                        collate_fn=collate_items, pin_memory=pin)  # fmt: skip
-    return loader, len(images), images.rows.unmapped
+    table = open_table_images(cfg, predictor)
+    return table.batches(cfg.batch_size, workers, pin), table.table.height, table.table.unmapped
 
 
-def table_images(cfg: BatchPredictConfig, predictor: Predictor):
-    """The table's rows as a `TableImages` dataset, cropped with the model's dataset's
-    ingest options (SPEC §4: box + margin, shorter side to its size, JPEG at its quality)."""
+def open_table_images(cfg: BatchPredictConfig, predictor: Predictor) -> TableInput:
+    """The table's rows, cropped with the model's dataset's ingest options (SPEC §4: box +
+    margin, shorter side to its size, JPEG at its quality); --images checked on the first
+    chunk's photos."""
     from bionas.ingest.images import ImageSpec
     from bionas.ingest.preflight import check_image_root
     from bionas.ingest.profiles import resolve_profile
-    from bionas.predict_sources import TableImages, check_table_inputs, read_table_rows
+    from bionas.predict_sources import CHUNK_ROWS, TableInput, check_table_inputs, open_table
     from bionas.safe_paths import real_root
 
     check_table_inputs(cfg.images, cfg.bbox)
     profile = resolve_profile(cfg.profile, cfg.profile_file)
-    rows = read_table_rows(cfg.metadata, cfg.bbox, profile, predictor.meta_fields, cfg.limit)
-    ok = [i for i, s in enumerate(rows.status) if s == OK]
-    check_image_root(cfg.images, [rows.paths[i] for i in ok[:: max(1, len(ok) // 200)][:200]])
+    table = open_table(cfg.metadata, cfg.bbox, profile, predictor.meta_fields, cfg.limit)
+    first = table.read(0, min(CHUNK_ROWS, table.height))
+    ok = np.flatnonzero(first.status == OK)
+    check_image_root(cfg.images, [str(first.paths[i]) for i in ok[:: max(1, len(ok) // 200)][:200]])  # fmt: skip
     prep = predictor.preprocessing
     spec = ImageSpec(quality=prep.quality, crop_margin=prep.crop_margin,
                      **({"size": prep.ingest_size} if prep.ingest_size else {}))  # fmt: skip
-    return TableImages(rows, real_root(cfg.images), spec, predictor.image_size)
+    return TableInput(table, real_root(cfg.images), spec, predictor.image_size)
 
 
 @dataclass
 class Rows:
-    """Per input row, in the order the batches came; `top` is -1 where there is no answer."""
+    """Per input row of a batch; `top` is -1 where there is no answer."""
 
     k: int  # classes per row
     order: list[int] = field(default_factory=list)
@@ -218,10 +235,14 @@ def predict_rows(
     total: int | None = None,
     progress: bool = False,
     reader: dict[str, int] | None = None,
-) -> Rows:
-    """Top-k calibrated classes of each ok row; every row kept, with its status.
+    window: int | None = None,
+) -> Iterator[Rows]:
+    """The top-k calibrated classes of each ok row; every row kept, with its status; in
+    `Rows` of `window` (default `WRITE_ROWS`) rows or more (the batches' rows, as they
+    came), the last one less.
 
-    `reader`: filled with the shard readers' skip counts (summed over workers)."""
+    `reader`: filled, once every batch is through, with the shard readers' skip counts
+    (summed over workers)."""
     from tqdm import tqdm
 
     k = min(top_k, len(predictor.class_names))
@@ -256,22 +277,28 @@ def predict_rows(
             rows.top.append(top)
             rows.prob.append(prob)
             bar.update(n)
+            if len(rows.order) >= (window or WRITE_ROWS):
+                yield rows
+                rows = Rows(k)
     if reader is not None:
         for counts in readers.values():
             for what, n in counts.items():
                 if what != "worker":
                     reader[what] = reader.get(what, 0) + n
-    return rows
+    if rows.order:
+        yield rows
 
 
 def output_frame(rows: Rows, predictor: Predictor, threshold: float) -> pl.DataFrame:
-    """The output table, sorted into input order (see the README for its columns)."""
+    """The output table of `rows`, sorted into input order (see the README for its
+    columns), with each row's place in the input (`order`, not written)."""
     order = np.argsort(np.asarray(rows.order, dtype=np.int64), kind="stable")
     k = rows.k
     top = np.concatenate([np.zeros((0, k), np.int64), *rows.top])[order]
     prob = np.concatenate([np.zeros((0, k), np.float32), *rows.prob])[order]
     names = pl.Series(predictor.class_names, dtype=pl.String)
     columns: dict[str, pl.Series] = {
+        "order": pl.Series(np.asarray(rows.order, dtype=np.int64)[order], dtype=pl.Int64),
         "processid": pl.Series([rows.processid[i] for i in order], dtype=pl.String),
         "status": pl.Series([rows.status[i] for i in order], dtype=pl.String),
         "detail": pl.Series([rows.detail[i] for i in order], dtype=pl.String),
@@ -301,15 +328,55 @@ def check_writable(path: Path) -> None:
         raise BionasError(f"cannot write --out {path}: {err.strerror or err}") from None
 
 
-def write_table(frame: pl.DataFrame, path: Path) -> None:
-    """CSV or Parquet by the file's extension, written atomically."""
-    buffer = io.BytesIO()
-    if FORMATS[path.suffix.lower()] == "csv":
-        frame.write_csv(buffer)
-    else:
-        frame.write_parquet(buffer)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        write_atomic(path, buffer.getvalue())
-    except OSError as err:
-        raise BionasError(f"cannot write {path}: {err.strerror or err}") from err
+class TableWriter:
+    """The output table, appended to a temporary file beside `path` a frame at a time (CSV
+    lines, a Parquet row group), fsynced and renamed into place on a clean exit of the
+    `with` block; any failure removes the temporary and leaves `path` as it was."""
+
+    def __init__(self, path: Path, schema: pl.Schema) -> None:
+        self.path, self.tmp, self.schema = path, temp_path(path), schema
+        self.written = 0
+        self.handle: BinaryIO | None = None
+        self.parquet: Any = None  # pyarrow.parquet.ParquetWriter
+
+    def __enter__(self) -> TableWriter:
+        try:
+            self.handle = open(self.tmp, "xb")  # noqa: SIM115 (closed by __exit__)
+        except OSError as err:
+            raise BionasError(f"cannot write {self.path}: {err.strerror or err}") from err
+        return self
+
+    def write(self, frame: pl.DataFrame) -> None:
+        """Append rows (in input order, with the columns of `schema`)."""
+        try:
+            if FORMATS[self.path.suffix.lower()] == "csv":
+                frame.write_csv(self.handle, include_header=self.written == 0)
+            else:
+                import pyarrow.parquet as pq
+
+                table = frame.to_arrow(compat_level=pl.CompatLevel.oldest())
+                if self.parquet is None:
+                    self.parquet = pq.ParquetWriter(self.handle, table.schema, compression="zstd")
+                self.parquet.write_table(table)
+        except OSError as err:
+            raise BionasError(f"cannot write {self.path}: {err.strerror or err}") from err
+        self.written += max(frame.height, 1)
+
+    def __exit__(self, kind, value, traceback) -> None:
+        assert self.handle is not None
+        try:
+            if kind is None and self.written == 0:  # no input rows: the header alone
+                self.write(pl.DataFrame(schema=self.schema))
+            if self.parquet is not None:
+                self.parquet.close()
+            if kind is None:
+                self.handle.flush()
+                os.fsync(self.handle.fileno())
+            self.handle.close()
+            if kind is None:
+                os.replace(self.tmp, self.path)
+                fsync_dir(self.path.parent)
+        except OSError as err:
+            raise BionasError(f"cannot write {self.path}: {err.strerror or err}") from err
+        finally:
+            self.tmp.unlink(missing_ok=True)

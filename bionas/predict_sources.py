@@ -24,15 +24,15 @@ from typing import Any
 import numpy as np
 import polars as pl
 import torch
-from torch.utils.data import Dataset, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from bionas.errors import BionasError
-from bionas.ingest.boxes import DEFAULT_FRAME, lookup_boxes
+from bionas.ingest.boxes import DEFAULT_FRAME, Boxes, lookup_boxes
 from bionas.ingest.execute import row_image
 from bionas.ingest.images import ImageReject, ImageSpec
-from bionas.ingest.keys import safe_keys
+from bionas.ingest.keys import lookup_first, safe_keys
 from bionas.ingest.profiles import ID, DatasetProfile
-from bionas.ingest.ragged import check_rows, find_ragged_rows
+from bionas.ingest.ragged import RaggedRows, check_rows, find_ragged_rows
 from bionas.ingest.scan import (
     BOX,
     FRAME,
@@ -55,19 +55,29 @@ OK = "ok"
 PLAN_REASONS = ("ragged_row", "unsafe_processid", "bad_bbox")
 
 
+# Table rows read, predicted and written at a time: what prediction holds of a table at
+# once (the arrays below, ~0.2 KB a row), whatever its length (BIOSCAN-5M: 5.15M rows).
+CHUNK_ROWS = 131_072
+# numpy strings in one buffer, None for a missing value: no Python object per row
+STRINGS = np.dtypes.StringDType(na_object=None)
+
+
 @dataclass(frozen=True)
 class TableRows:
-    """Every row of a metadata table as prediction needs it, in file order (plain lists:
-    DataLoader workers read them without touching Polars)."""
+    """A run of rows of a metadata table as prediction needs it, in file order.
 
-    processids: list[str | None]
-    paths: list[str]
-    boxes: list[tuple[float, ...] | None]  # (x0, y0, x1, y1), clipped; None: whole photo
-    frames: list[tuple[float | None, float | None]]  # the bbox table's photo size
-    values: list[tuple[str | None, ...]]  # the model's metadata fields, per row
-    status: list[str]
-    detail: list[str | None]
-    unmapped: tuple[str, ...]  # metadata fields the profile has no column for
+    numpy arrays, not lists: DataLoader workers are forked, and reading a list's items
+    touches their reference counts, which copies every page they sit on into each worker.
+    """
+
+    start: int  # the first row's place in the table (0-based, the header not counted)
+    processids: np.ndarray  # STRINGS
+    paths: np.ndarray  # STRINGS
+    boxes: np.ndarray  # float64 [n, 4] (x0, y0, x1, y1), clipped; nan: the whole photo
+    frames: np.ndarray  # float64 [n, 2], the bbox table's photo size; nan: unknown
+    values: np.ndarray  # STRINGS [n, fields], the model's metadata fields (None: blank)
+    status: np.ndarray  # STRINGS
+    detail: np.ndarray  # STRINGS (None when ok)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -79,6 +89,124 @@ def field_columns(profile: DatasetProfile, fields: Sequence[str]) -> dict[str, s
     return {f: raw.get(f, f) if f in profile.categorical else None for f in fields}
 
 
+@dataclass(frozen=True)
+class BboxIndex:
+    """The bbox table, checked once: per bbox row, the first row of its processid (what
+    `lookup_boxes` gives a metadata row), looked up again for each chunk of the table."""
+
+    ids: pl.Series
+    boxes: Boxes
+
+    @classmethod
+    def read(cls, bbox: Path) -> BboxIndex | None:
+        frame = collect_table(scan_bbox(bbox), bbox)
+        ragged = find_ragged_rows(bbox, "\t")
+        check_rows(ragged, frame.height)
+        if frame.height == 0:
+            return None
+        ids = frame["processid"].rechunk()
+        return cls(ids, lookup_boxes(ids, frame, ragged))
+
+    def lookup(self, ids: pl.Series) -> tuple[dict[str, pl.Series], np.ndarray]:
+        """Per id, its frame and box columns (null when absent) and whether the box is bad."""
+        rows = lookup_first(ids, self.ids)
+        at = np.where(rows >= 0, rows, len(self.ids))
+        columns = {c: s.gather(at, null_on_oob=True) for c, s in self.boxes.columns.items()}
+        return columns, np.take(self.boxes.bad, rows, mode="clip") & (rows >= 0)
+
+
+@dataclass(frozen=True)
+class MetadataTable:
+    """A metadata table opened for prediction: checked once (its header, row count, ragged
+    rows and bbox table), then read `CHUNK_ROWS` rows at a time (`read`)."""
+
+    path: Path
+    query: pl.LazyFrame  # processid, image path, `_field_<f>` for each mapped field
+    height: int
+    ragged: RaggedRows
+    bbox: BboxIndex | None
+    mapped: dict[str, str | None]  # field -> its raw column (None: fed as unknown)
+
+    @property
+    def unmapped(self) -> tuple[str, ...]:
+        """Metadata fields the profile has no column for."""
+        return tuple(f for f, c in self.mapped.items() if c is None)
+
+    def chunks(self, start: int = 0, rows: int | None = None) -> Iterator[TableRows]:
+        """The rows from `start` on, `rows` (default `CHUNK_ROWS`) at a time."""
+        step = rows or CHUNK_ROWS
+        for lo in range(start, self.height, step):
+            yield self.read(lo, min(lo + step, self.height))
+
+    def read(self, start: int, stop: int) -> TableRows:
+        """Rows [start, stop) with ingest's bbox join and the plan-stage checks that apply
+        (`PLAN_REASONS`)."""
+        frame = collect_table(self.query.slice(start, stop - start), self.path)
+        if frame.height != stop - start:
+            raise BionasError(f"{self.path} changed while it was read: predict it again")
+        ids = frame[ID].rechunk()
+        if self.bbox is None:
+            columns, bad = lookup_boxes(ids, None).columns, np.zeros(frame.height, dtype=bool)
+        else:
+            columns, bad = self.bbox.lookup(ids)
+        ragged = np.zeros(frame.height, dtype=bool)
+        ragged[self.ragged.rows[(self.ragged.rows >= start) & (self.ragged.rows < stop)] - start] = True  # fmt: skip
+        reason = np.select([ragged, ~safe_keys(ids), bad],
+                           np.arange(1, len(PLAN_REASONS) + 1), default=0)  # fmt: skip
+        status = np.array([PLAN_REASONS[r - 1] if r else OK for r in reason.tolist()], STRINGS)
+        detail = np.full(frame.height, None, dtype=STRINGS)
+        for row in np.flatnonzero(reason).tolist():
+            detail[row] = _plan_detail(
+                str(status[row]), start + row, ids[row], [s[row] for s in columns.values()],
+                self.ragged, self.path,
+            )  # fmt: skip
+        values = np.full((frame.height, len(self.mapped)), None, dtype=STRINGS)
+        for j, (f, c) in enumerate(self.mapped.items()):
+            if c:  # a blank cell is no value, as in ingest's records
+                values[:, j] = [v or None for v in frame[f"_field_{f}"].to_list()]
+        return TableRows(
+            start=start,
+            processids=np.array(ids.to_list(), STRINGS),
+            paths=np.array(frame[PATH].to_list(), STRINGS),
+            boxes=np.column_stack([_floats(columns[c]) for c in BOX]),
+            frames=np.column_stack([_floats(columns[c]) for c in FRAME]),
+            values=values,
+            status=status,
+            detail=detail,
+        )
+
+
+def _floats(column: pl.Series) -> np.ndarray:
+    return column.fill_null(np.nan).to_numpy().astype(np.float64, copy=True)
+
+
+def open_table(
+    table: Path,
+    bbox: Path | None,
+    profile: DatasetProfile,
+    fields: Sequence[str],
+    limit: int | None = None,
+) -> MetadataTable:
+    """Check a table (and its bbox table) and make it ready to be read in chunks, with
+    ingest's column mapping and image paths; only the needed columns are ever read."""
+    mapped = field_columns(profile, fields)
+    parts = tuple(template_columns(profile.image_path))
+    needed = [profile.id_column, *parts, *(c for c in mapped.values() if c)]
+    query = scan_columns(table, profile, list(dict.fromkeys(needed)), limit).select(
+        pl.col(profile.id_column).alias(ID),
+        path_expression(profile.image_path, parts),
+        *(pl.col(c).alias(f"_field_{f}") for f, c in mapped.items() if c),
+    )
+    # counted by reading the ids, not with pl.len(): Polars counts a CSV's rows on a memory
+    # map of the whole file, which then counts in full in this process's resident memory
+    rows = pl.col(ID).count() + pl.col(ID).null_count()
+    height = collect_table(query.select(rows), table).item()
+    ragged = find_ragged_rows(table, profile.delimiter, limit)
+    check_rows(ragged, height)
+    index = BboxIndex.read(bbox) if bbox is not None else None
+    return MetadataTable(table, query, height, ragged, index, mapped)
+
+
 def read_table_rows(
     table: Path,
     bbox: Path | None,
@@ -86,63 +214,22 @@ def read_table_rows(
     fields: Sequence[str],
     limit: int | None = None,
 ) -> TableRows:
-    """The table's rows with ingest's column mapping, image paths, bbox join and the
-    plan-stage checks that apply (`PLAN_REASONS`); only the needed columns are read."""
-    mapped = field_columns(profile, fields)
-    parts = tuple(template_columns(profile.image_path))
-    needed = [profile.id_column, *parts, *(c for c in mapped.values() if c)]
-    lf = scan_columns(table, profile, list(dict.fromkeys(needed)), limit)
-    frame = collect_table(
-        lf.select(
-            pl.col(profile.id_column).alias(ID),
-            path_expression(profile.image_path, parts),
-            *(pl.col(c).alias(f"_field_{f}") for f, c in mapped.items() if c),
-        ),
-        table,
-    )
-    ragged = find_ragged_rows(table, profile.delimiter, limit)
-    check_rows(ragged, frame.height)
-    ids = frame[ID].rechunk()
-    bbox_frame, bbox_ragged = None, None
-    if bbox is not None:
-        bbox_frame = collect_table(scan_bbox(bbox), bbox)
-        bbox_ragged = find_ragged_rows(bbox, "\t")
-        check_rows(bbox_ragged, bbox_frame.height)
-    boxes = lookup_boxes(ids, bbox_frame, bbox_ragged)
-    columns = {c: boxes.columns[c].to_list() for c in (*FRAME, *BOX)}
-    reason = np.select(
-        [ragged.flags(frame.height), ~safe_keys(ids), boxes.bad],
-        np.arange(1, len(PLAN_REASONS) + 1),
-        default=0,
-    )
-    status = [PLAN_REASONS[r - 1] if r else OK for r in reason.tolist()]
-    detail = [None] * frame.height
-    for row in np.flatnonzero(reason).tolist():
-        detail[row] = _plan_detail(status[row], row, ids[row], columns, ragged, table)
-    empty: list[None] = [None] * frame.height
-    by_field = [frame[f"_field_{f}"].to_list() if c else empty for f, c in mapped.items()]
-    # a blank cell is no value, as in ingest's records
-    values = [tuple(v or None for v in row) for row in zip(*by_field, strict=True)]
-    return TableRows(
-        processids=ids.to_list(),
-        paths=frame[PATH].to_list(),
-        boxes=[None if b[0] is None else b for b in zip(*(columns[c] for c in BOX), strict=True)],
-        frames=list(zip(*(columns[c] for c in FRAME), strict=True)),
-        values=values if by_field else [()] * frame.height,
-        status=status,
-        detail=detail,
-        unmapped=tuple(f for f, c in mapped.items() if c is None),
-    )
+    """Every row of a table at once (`open_table` reads a large one in chunks)."""
+    opened = open_table(table, bbox, profile, fields, limit)
+    return opened.read(0, opened.height)
 
 
-def _plan_detail(reason: str, row: int, key: str | None, columns, ragged, table: Path) -> str:
-    """The reject detail ingest would give (`ingest.plan.reject_details`), for one row."""
+def _plan_detail(
+    reason: str, row: int, key: str | None, cells: list, ragged: RaggedRows, table: Path
+) -> str:
+    """The reject detail ingest would give (`ingest.plan.reject_details`), for one row;
+    `cells`: its frame then box values (FRAME + BOX, None where missing)."""
     if reason == "ragged_row":
         fields = int(ragged.fields_of(np.array([row]))[0])
         return f"{fields} fields where the header of {table.name} has {ragged.width} (data row {row + 1})"  # fmt: skip
     if reason == "unsafe_processid":
         return f"processid '{key or ''}' is not a safe file name"
-    box, frame = ([columns[c][row] for c in names] for names in (BOX, FRAME))
+    frame, box = cells[: len(FRAME)], cells[len(FRAME) :]
     shown = ", ".join("missing" if v is None else f"{v:g}" for v in box)
     width, height = (
         f"{d if v is None else v:g}" for v, d in zip(frame, DEFAULT_FRAME, strict=True)
@@ -162,12 +249,12 @@ class TableImages(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         rows = self.rows
-        item = {"order": i, "processid": rows.processids[i], "values": rows.values[i],
-                "status": rows.status[i], "detail": rows.detail[i], "pixels": None}  # fmt: skip
+        item = {"order": rows.start + i, "processid": rows.processids[i],
+                "values": tuple(rows.values[i]), "status": str(rows.status[i]),
+                "detail": rows.detail[i], "pixels": None}  # fmt: skip
         if item["status"] == OK:
-            box = rows.boxes[i] or (None,) * 4
-            row = {PATH: rows.paths[i], **dict(zip(BOX, box, strict=True)),
-                   **dict(zip(FRAME, rows.frames[i], strict=True))}  # fmt: skip
+            row = {PATH: rows.paths[i], **dict(zip(BOX, _cells(rows.boxes[i]), strict=True)),
+                   **dict(zip(FRAME, _cells(rows.frames[i]), strict=True))}  # fmt: skip
             item["status"], item["detail"], item["pixels"] = self._pixels(row)
         return item
 
@@ -185,6 +272,29 @@ class TableImages(Dataset):
             return OK, None, decode_image(jpg, self.image_size, IMAGE_FORMATS)
         except DECODE_ERRORS as exc:
             return "corrupt_image", f"cannot decode the crop: {type(exc).__name__}: {exc}", None
+
+
+def _cells(values: np.ndarray) -> tuple[float | None, ...]:
+    """Floats as ingest's row dicts hold them: None where missing (nan here)."""
+    return tuple(None if v != v else v for v in values.tolist())  # nan != nan
+
+
+@dataclass(frozen=True)
+class TableInput:
+    """A metadata table opened for prediction, with how its photos are read and cropped."""
+
+    table: MetadataTable
+    root: str
+    spec: ImageSpec
+    image_size: int
+
+    def batches(self, batch_size: int, workers: int, pin: bool) -> Iterator[dict[str, Any]]:
+        """Every row's item in input order, one DataLoader per chunk of the table: only a
+        chunk's rows are ever held, by this process and by its forked workers."""
+        for rows in self.table.chunks():
+            images = TableImages(rows, self.root, self.spec, self.image_size)
+            yield from DataLoader(images, batch_size=batch_size, num_workers=workers,
+                                  collate_fn=collate_items, pin_memory=pin)  # fmt: skip
 
 
 def collate_items(items: list[dict[str, Any]]) -> dict[str, Any]:

@@ -262,3 +262,71 @@ def test_an_out_that_cannot_be_written_fails_before_any_prediction(world, tmp_pa
                      tmp_path / "afile" / "sub" / "x.csv", ok=False)  # fmt: skip
     assert result.exit_code != 0 and "cannot write --out" in result.output
     assert "Traceback" not in result.output and "rows" not in result.output
+
+
+def test_a_table_is_read_predicted_and_written_a_chunk_at_a_time(
+    world, table_predictions, tmp_path, monkeypatch
+):
+    from bionas import batch_predict, predict_sources
+
+    chunk, window, batch = 7, 5, 16
+    monkeypatch.setattr(predict_sources, "CHUNK_ROWS", chunk)
+    monkeypatch.setattr(batch_predict, "WRITE_ROWS", window)
+    reads, datasets, writes = [], [], []
+    read, images, write = (predict_sources.MetadataTable.read, predict_sources.TableImages.__init__,
+                           batch_predict.TableWriter.write)  # fmt: skip
+    monkeypatch.setattr(predict_sources.MetadataTable, "read",
+                        lambda self, lo, hi: reads.append((lo, hi)) or read(self, lo, hi))  # fmt: skip
+    monkeypatch.setattr(predict_sources.TableImages, "__init__",
+                        lambda self, rows, *a: datasets.append(len(rows)) or images(self, rows, *a))  # fmt: skip
+    monkeypatch.setattr(batch_predict.TableWriter, "write",
+                        lambda self, frame: writes.append(frame.height) or write(self, frame))  # fmt: skip
+    frame, result = predict_table(world, tmp_path / "chunked.csv", "--workers", 2,
+                                  "--batch-size", batch)  # fmt: skip
+    whole, whole_result = table_predictions
+    # the same table as read, predicted and written at once (batches of at most 7 rows
+    # here: the probabilities differ in the last float32 bit)
+    floats = pl.selectors.float()
+    assert frame.drop(floats).equals(whole.drop(floats))
+    gap = (
+        (frame.select(floats) - whole.select(floats)).select(pl.all().abs().max()).max_horizontal()
+    )
+    assert gap.item() < 1e-5
+    assert result.stderr.splitlines()[1:] == whole_result.stderr.splitlines()[1:]  # the counts
+    # what is held at once is bounded by the chunk and the write window, not by the table
+    n = frame.height
+    assert reads == [(0, chunk)] + [(lo, min(lo + chunk, n)) for lo in range(0, n, chunk)]
+    assert datasets == [hi - lo for lo, hi in reads[1:]]
+    assert sum(writes) == n and max(writes) < window + chunk
+
+
+def test_a_table_without_rows_gives_the_columns_alone(world, table_predictions, tmp_path):
+    synth, _, _ = world
+    empty = tmp_path / "empty.csv"
+    empty.write_text((synth / "metadata.csv").read_text().splitlines()[0] + "\n")
+    for out in (tmp_path / "e.csv", tmp_path / "e.parquet"):
+        frame, result = predict_table(world, out, table=empty)
+        assert frame.height == 0 and frame.columns == table_predictions[0].columns
+        assert "predicted 0 rows" in result.stderr
+
+
+def test_a_prediction_that_fails_midway_leaves_the_earlier_output(world, tmp_path, monkeypatch):
+    from bionas import batch_predict
+
+    out = tmp_path / "p.parquet"
+    out.write_bytes(b"an earlier table")
+    monkeypatch.setattr(batch_predict, "WRITE_ROWS", 10)
+    frames = batch_predict.output_frame
+    calls = []
+
+    def fail_on_the_third(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("killed")
+        return frames(*args)
+
+    monkeypatch.setattr(batch_predict, "output_frame", fail_on_the_third)
+    with pytest.raises(RuntimeError, match="killed"):
+        predict_table(world, out, "--workers", 0, "--batch-size", 8)
+    assert out.read_bytes() == b"an earlier table"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.parquet"]  # no temporary left

@@ -67,7 +67,8 @@ def test_two_epochs_equal_one_epoch_then_resume(config, tmp_path):
 def test_a_run_killed_mid_epoch_resumes_from_its_step_checkpoint_exactly(config, tmp_path, workers):
     # 8 steps per epoch: the checkpoint of step 5 is epoch 1, batch 5 (a θ step comes
     # next, and with 2 workers the next batch is worker 1's)
-    config = replace(config, workers=workers, checkpoint_every=5)
+    # --log-every 1: the hook sees step 7 when it is taken (not at the next read)
+    config = replace(config, workers=workers, checkpoint_every=5, log_every=1)
     whole = train(config)
     killed = replace(config, run_dir=tmp_path / "b")
     with pytest.raises(Crash):

@@ -272,6 +272,34 @@ def test_an_earlier_export_is_replaced_with_its_files(exports, runs, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["model.json", "model.pt"]
 
 
+@pytest.mark.parametrize("beside", [None, "notes.txt"])
+def test_a_failed_re_export_leaves_the_earlier_export_working(
+    exports, runs, tmp_path, monkeypatch, beside
+):
+    import bionas.trainer.export as export
+
+    out = tmp_path / "out"
+    shutil.copytree(exports[("manual", "torchscript")][0], out)
+    if beside:  # a folder exported into with --overwrite keeps the user's own files
+        (out / beside).write_text("mine")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    monkeypatch.setattr(export, "PARITY_TOLERANCE", -1.0)  # no export can pass
+    result = bionas("export", runs["nometa"], "--format", "onnx", "--out", out)
+    assert result.exit_code == 1 and "gives other logits" in result.output, result.output
+    assert "earlier export in --out is left as it was" in result.output
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging folder left
+    predictor = load_predictor(out)
+    assert predictor.network == "torchscript" and predictor.meta_fields
+    images, meta = random_inputs(predictor, 2, seed=1)
+    assert predictor.probabilities(images, meta).shape == (2, len(predictor.class_names))
+    monkeypatch.undo()  # and a re-export that passes replaces it, the user's files kept
+    assert bionas("export", runs["nometa"], "--format", "onnx", "--out", out).exit_code == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(["model.json", "model.onnx",
+                                                            *([beside] if beside else [])])  # fmt: skip
+    assert load_predictor(out).network == "onnx"
+
+
 def test_the_calibration_travels_with_the_export(runs, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(runs["manual"], run)

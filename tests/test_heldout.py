@@ -81,8 +81,9 @@ def test_theta_steps_read_only_the_heldout_shards_and_w_steps_only_the_others(tm
     dataset = make_tiny_dataset(tmp_path / "ds", n=48, shards_per_split=4)  # 12 a shard
     config = TrainConfig(dataset_dir=dataset, run_dir=tmp_path / "run", epochs=1, batch_size=8,
                          image_size=32, cells=3, channels=4, arch_data="heldout",
-                         heldout_fraction=0.25, workers=0, shuffle_buffer=16, quiet=True)  # fmt: skip
-    by_kind = {"w": [], "theta": []}
+                         heldout_fraction=0.25, workers=0, shuffle_buffer=16, quiet=True,
+                         log_every=1)  # fmt: skip
+    by_kind = {"w": [], "theta": []}  # --log-every 1: the hook runs as each step is taken
 
     def on_step(record):  # the shards opened since the last step were opened for this one
         by_kind[record["kind"]].extend(p.name for p in opened if "/train/" in str(p))

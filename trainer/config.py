@@ -21,6 +21,7 @@ from bionas.trainer.fusion import check_fusion
 from bionas.trainer.ops import OP_SETS
 
 THETA_OPTIMIZERS = ("adam", "adamw")
+SPARSE_EMBEDDINGS = ("auto", "on", "off")  # see `bionas.trainer.optimizers`
 ARCH_DATA = ("interleaved", "heldout")
 AMP_DTYPES = ("fp16", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
@@ -28,6 +29,10 @@ DILATED = ("full", "separable")
 # The names of `bionas.trainer.search.STRATEGIES` (which imports the loop, hence this copy;
 # a test checks they agree).
 SEARCHES = ("darts", "random", "evolution", "reinforce", "enas")
+
+# Reading a step's loss makes the host wait for the GPU; read them this many steps at a
+# time (`bionas.trainer.step.StepWindow`; BENCHMARKS.md, "log cadence").
+DEFAULT_LOG_EVERY = 50
 
 PAPER_LR_THETA = 3e-4
 # DARTS' CIFAR-10 search (Liu et al. 2019): 50 epochs of 391 θ steps at lr 3e-4. Adam moves
@@ -43,8 +48,12 @@ def auto_lr_theta(theta_steps: int) -> float:
 
 
 # What a run stored before an option existed ran with (bionas 0.1: torch's Adam betas,
-# affine BN in the supernet's ops).
-LEGACY_DEFAULTS: dict[str, Any] = {"theta_betas": [0.9, 0.999], "search_bn_affine": True}
+# affine BN in the supernet's ops; before --sparse-embeddings: AdamW on every table row).
+LEGACY_DEFAULTS: dict[str, Any] = {
+    "theta_betas": [0.9, 0.999],
+    "search_bn_affine": True,
+    "sparse_embeddings": "off",
+}
 
 # Options that may change when a run is resumed; any other difference is refused, since
 # the continued run would no longer be the run that was checkpointed.
@@ -54,6 +63,7 @@ RESUMABLE_OVERRIDES = frozenset(
         "max_steps",
         "retrain_epochs",
         "checkpoint_every",
+        "log_every",
         "quiet",
         "strict",
         "threads",
@@ -93,12 +103,15 @@ class TrainConfig:
     seed: int = 0
     shuffle_buffer: int = 1000
     checkpoint_every: int | None = None  # steps; a checkpoint is also written every epoch
+    log_every: int = DEFAULT_LOG_EVERY  # steps whose results are read from the device at once
     resume: bool = False
     device: str = "auto"
     amp: bool | None = None  # None: on with CUDA, off on CPU
     amp_dtype: str | None = None  # None: fp16 + loss scaling on CUDA (paper), bf16 on CPU
     lr_w: float = 1e-3  # AdamW on w
     weight_decay_w: float = 1e-4
+    # large metadata tables' rows updated lazily (SparseAdam): auto|on|off (trainer.optimizers)
+    sparse_embeddings: str = "auto"
     lr_theta: float | None = PAPER_LR_THETA  # Adam on θ; None: `auto_lr_theta`
     weight_decay_theta: float = 1e-3
     theta_optimizer: str = "adam"  # "adamw": decoupled weight decay on θ
@@ -173,7 +186,7 @@ def _validate(c: TrainConfig) -> None:
     positive = ("epochs", "image_size", "cells", "channels", "embed_dim", "meta_embed_dim")
     for name in positive:
         _check(getattr(c, name) >= 1, f"--{_flag(name)} must be >= 1, got {getattr(c, name)}")
-    for name in ("max_steps", "batch_size", "checkpoint_every"):
+    for name in ("max_steps", "batch_size", "checkpoint_every", "log_every"):
         value = getattr(c, name)
         _check(value is None or value >= 1, f"--{_flag(name)} must be >= 1, got {value}")
     _check(c.workers >= 0, f"--workers must be >= 0, got {c.workers}")
@@ -205,6 +218,7 @@ def _validate(c: TrainConfig) -> None:
     _validate_search(c)
     for name, choices in (
         ("theta_optimizer", THETA_OPTIMIZERS),
+        ("sparse_embeddings", SPARSE_EMBEDDINGS),
         ("arch_data", ARCH_DATA),
         ("device", DEVICES),
         ("dilated", DILATED),

@@ -19,7 +19,9 @@ softmax(logits / temperature).
 Which model: a run that trained a fixed genotype is itself; a search run's supernet is
 not deployable, so its RUN_DIR/final (`bionas train --retrain-epochs N`) is exported.
 The export is checked before it is kept: the written file, run by its own runtime on a
-random batch, must give the eager model's logits within `PARITY_TOLERANCE`.
+random batch, must give the eager model's logits within `PARITY_TOLERANCE`. It is built
+and checked in a sibling folder and only then swapped in, so a re-export that fails (or
+is killed) leaves the earlier export in OUT working.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +42,7 @@ from bionas import __version__
 from bionas.errors import BionasError
 from bionas.manifests.manifest import manifest_path
 from bionas.manifests.vocab import load_vocab, vocab_filename
-from bionas.shards.atomic import write_atomic
+from bionas.shards.atomic import fsync_dir, temp_path, write_atomic
 from bionas.trainer.export_formats import (
     IMAGES,
     LOGITS,
@@ -124,7 +128,10 @@ def final_model_dir(run_dir: Path) -> tuple[Path, bool]:
 
 
 def export_run(cfg: ExportConfig) -> ExportResult:
-    """Export the final model of `cfg.run_dir` into `cfg.out_dir` and check its parity."""
+    """Export the final model of `cfg.run_dir` into `cfg.out_dir` and check its parity.
+
+    The export is built and checked in a sibling folder, then swapped in: a failed check,
+    an error or a crash leaves an earlier export in `cfg.out_dir` as it was."""
     model_dir, from_final = final_model_dir(cfg.run_dir)
     run = load_trained(model_dir, map_location="cpu")
     out = Path(cfg.out_dir)
@@ -135,29 +142,50 @@ def export_run(cfg: ExportConfig) -> ExportResult:
         data, exporter = torchscript_bytes(net, example), {"exporter": "torch.jit.trace"}
     else:
         data, exporter = onnx_bytes(net, example, cfg.opset)
-    for name in earlier:  # model.json first: a half-replaced folder is not an export
-        (out / name).unlink(missing_ok=True)
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    written: list[str] = []
-    try:  # on any failure (parity included) nothing of the export stays
-        _write_files(out, model_dir, run, MODEL_FILES[cfg.format], data, written)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = temp_path(out)  # beside OUT: the same filesystem, so the swap is renames
+    staging.mkdir()
+    try:
+        written: list[str] = []
+        _write_files(staging, model_dir, run, MODEL_FILES[cfg.format], data, written)
         body = describe(run, model_dir, cfg.format, written, data, exporter)
-        body["parity"] = check_parity(run, out / MODEL_FILES[cfg.format], cfg.format)
-    except BaseException:
-        for name in written:
-            (out / name).unlink(missing_ok=True)
-        if created and not any(out.iterdir()):
-            out.rmdir()
-        raise
-    text = json.dumps(body, indent=1, ensure_ascii=False, allow_nan=False) + "\n"
-    write_atomic(out / EXPORT_JSON, text.encode())
+        body["parity"] = check_parity(run, staging / MODEL_FILES[cfg.format], cfg.format)
+        text = json.dumps(body, indent=1, ensure_ascii=False, allow_nan=False) + "\n"
+        write_atomic(staging / EXPORT_JSON, text.encode())
+        _swap_in(staging, out, earlier, [EXPORT_JSON, *written])
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # gone already after a swap
     return ExportResult(model_dir, from_final, out / MODEL_FILES[cfg.format], body)
+
+
+def _swap_in(staging: Path, out: Path, earlier: list[str], files: list[str]) -> None:
+    """Put the checked export in `staging` where `out` is, replacing an earlier export.
+
+    A folder holding only an earlier export (or nothing) is swapped whole: renamed aside,
+    the new one renamed in, the old removed. A folder that also holds other files (one
+    written with --overwrite) keeps them: the earlier export's model.json goes first (a
+    half-replaced folder is not an export), then its other files, then the new files come
+    in, model.json last."""
+    if not out.exists() and not out.is_symlink():
+        os.rename(staging, out)
+    elif not out.is_symlink() and set(os.listdir(out)) <= set(earlier):
+        aside = temp_path(out)
+        os.rename(out, aside)
+        os.rename(staging, out)
+        fsync_dir(out.parent)
+        shutil.rmtree(aside)
+    else:
+        for name in earlier:
+            (out / name).unlink(missing_ok=True)
+        for name in [*files[1:], files[0]]:
+            os.replace(staging / name, out / name)
+        fsync_dir(out)
+    fsync_dir(out.parent)
 
 
 def _prepare_out_dir(out: Path, overwrite: bool) -> list[str]:
     """Refuse a non-empty folder that is not an earlier export (unless `overwrite`);
-    returns the files of an earlier export to replace (model.json first)."""
+    returns the files of an earlier export, to be replaced (model.json first)."""
     if out.exists() and not out.is_dir():
         raise BionasError(f"--out {out} is a file, not a folder")
     if not out.exists() or not any(out.iterdir()):
@@ -308,10 +336,10 @@ def check_parity(run: TrainedRun, model_path: Path, fmt: str) -> dict[str, Any]:
     diff = float((exported - eager).abs().max())
     if not diff <= PARITY_TOLERANCE:  # NaN fails too
         raise BionasError(
-            f"the exported {fmt} model in {model_path.parent} gives other logits than the "
-            f"eager model of {run.run_dir}: max |difference| {diff:.3g} > {PARITY_TOLERANCE} on a "
-            "random batch; the export was removed. This is a bug in bionas's export: please "
-            "report it with the run's genotype."
+            f"the exported {fmt} model gives other logits than the eager model of "
+            f"{run.run_dir}: max |difference| {diff:.3g} > {PARITY_TOLERANCE} on a random "
+            "batch; it was not kept (an earlier export in --out is left as it was). This is "
+            "a bug in bionas's export: please report it with the run's genotype."
         )
     runtime = f"onnxruntime {ort_version()}" if fmt == ONNX else f"torch.jit {torch.__version__}"
     return {"max_abs_diff": diff, "tolerance": PARITY_TOLERANCE, "batch": PARITY_BATCH,

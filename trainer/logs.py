@@ -1,7 +1,9 @@
 """Training logs in RUN_DIR (JSONL, one object per line) and the search's collapse monitors.
 
 `steps.jsonl` one line per step, `epochs.jsonl` one per finished epoch, `alphas.jsonl` the
-α of every edge at the start and after every epoch (for plots of α over time).
+α of every edge at the start and after every epoch (for plots of α over time). Step lines
+are written `--log-every` at a time, when the loop reads the window of steps' results from
+the device (`bionas.trainer.step.StepWindow`), and always before a checkpoint.
 
 Collapse monitors (DARTS-family failure: parameter-free ops win because they train fastest):
 α entropy per edge (log K = uniform, 0 = decided), α mass on the parameter-free ops
@@ -41,9 +43,10 @@ def clean(value: Any) -> Any:
     return value
 
 
-def append_jsonl(path: Path, record: dict[str, Any]) -> None:
+def append_jsonl(path: Path, *records: dict[str, Any]) -> None:
+    """Append one line per record (one open for all of them)."""
     with open(path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(clean(record), sort_keys=True) + "\n")
+        handle.writelines(json.dumps(clean(r), sort_keys=True) + "\n" for r in records)
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -70,10 +73,11 @@ def alpha_entropy(alphas: torch.Tensor) -> torch.Tensor:
     return -(alphas * alphas.clamp_min(1e-12).log()).sum(-1)
 
 
-def mean_alpha_entropy(alphas: dict[str, torch.Tensor]) -> float | None:
+def mean_alpha_entropy(alphas: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    """The mean entropy over the edges, a 0-d tensor on θ's device (not read: no sync)."""
     if not alphas:
         return None
-    return float(alpha_entropy(torch.stack(list(alphas.values()))).mean())
+    return alpha_entropy(torch.stack(list(alphas.values()))).mean()
 
 
 def collapse_monitors(alphas: dict[str, torch.Tensor], pruned_ops: int) -> dict[str, Any]:

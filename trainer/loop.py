@@ -1,7 +1,7 @@
 """The search training loop: Algorithm 1 of the paper, read top to bottom.
 
     train()          setup (bionas.trainer.session) -> epochs -> final checkpoint, model
-    run_epoch()      batches -> one step each -> logs -> step checkpoints
+    run_epoch()      batches -> one step each -> a window of steps read -> logs -> checkpoints
     end_epoch()      validation -> collapse monitors -> history -> checkpoint
     train_step()     one w step or one θ step (bionas.trainer.step)
 
@@ -20,6 +20,12 @@ step, and the running statistics that evaluation uses come from w steps only.
 `--arch-data heldout`: θ steps read a fixed slice of whole train shards
 (`bionas.trainer.heldout`) through one persistent iterator, w steps read the other
 shards; an epoch is then one pass over the w shards with a θ step after each w step.
+
+Host syncs: a step's loss, correct count and gradient norm stay on the device. Every
+`--log-every` steps (and before a checkpoint, at the end of an epoch or of --max-steps) one
+read brings that window of steps to the host (`bionas.trainer.step.StepWindow`); it feeds
+steps.jsonl (still one line per step), the progress bar, the step hooks (TensorBoard) and
+the epoch's totals, which sum every step, so the epoch record does not depend on N.
 
 Several ranks (torchrun, `bionas.trainer.distributed`): each rank reads its share of
 every stream and takes the same steps through DistributedDataParallel; step and epoch
@@ -77,7 +83,7 @@ from bionas.trainer.logs import (
 from bionas.trainer.model import BioAutoMLNAS
 from bionas.trainer.run import CHECKPOINT, save_model
 from bionas.trainer.session import Optimizers, Session, start_session
-from bionas.trainer.step import StepResult, over_all_ranks, task_loss, to_device, train_step
+from bionas.trainer.step import StepValues, StepWindow, task_loss, to_device, train_step
 from bionas.trainer.tensorboard_log import TensorBoardLog
 
 log = logging.getLogger(__name__)
@@ -213,6 +219,8 @@ def run_epoch(
     quiet = cfg.quiet or not dist.is_main
     bar = progress_bar(steps, state.batch, f"epoch {state.epoch + 1}/{cfg.epochs}", quiet)
     model.train()
+    window = StepWindow()
+    entropy = mean_alpha_entropy(model.alphas())  # θ moves only in θ steps
     while state.batch < steps:
         if _stop(session, state):
             bar.close()
@@ -227,55 +235,72 @@ def run_epoch(
             model, images, meta, labels, kind, opts, session.amp,
             grad_clip=cfg.grad_clip, label_smoothing=cfg.label_smoothing, forward=forward,
         )  # fmt: skip
-        result = over_all_ranks(result, dist)
-        seconds = time.perf_counter() - started
+        if kind == "theta":
+            entropy = mean_alpha_entropy(model.alphas())
         state.batch += 1
         state.step += 1
-        _accumulate(state.totals, kind, result, seconds)
-        record = _step_record(state, kind, result, seconds, opts, model)
-        if dist.is_main:
-            append_jsonl(session.run_dir / STEPS_LOG, record)
+        optimizer = opts.w if kind == "w" else opts.theta
+        window.add(_step_header(state, kind, optimizer), result, entropy, started)
         bar.update()
-        bar.set_postfix(loss=f"{result.loss:.3f}", img_s=f"{result.samples / seconds:.0f}")
-        if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
-            _checkpoint(session, model, opts, state)
-        if on_step is not None:
-            on_step(record)
+        checkpoint = bool(cfg.checkpoint_every) and state.step % cfg.checkpoint_every == 0
+        last = state.batch == steps or _stop(session, state)
+        # read before a checkpoint too: it holds the totals of every step before it
+        if checkpoint or last or state.step % cfg.log_every == 0:
+            records = _log_window(session, state, window, bar)
+            if checkpoint:
+                _checkpoint(session, model, opts, state)
+            for record in records if on_step is not None else ():
+                on_step(record)
     bar.close()
     return True
 
 
-def _accumulate(totals: dict[str, float], kind: str, result: StepResult, seconds: float) -> None:
+def _log_window(
+    session: Session, state: TrainState, window: StepWindow, bar: Any
+) -> list[dict[str, Any]]:
+    """Read the window's steps (one host sync), add them to the epoch's totals, append
+    their lines to steps.jsonl and show the last one on the progress bar; their records."""
+    records = []
+    for header, values in window.read(session.dist):
+        _accumulate(state.totals, header["kind"], values)
+        records.append(_step_record(header, values))
+    if session.dist.is_main:
+        append_jsonl(session.run_dir / STEPS_LOG, *records)
+    last = records[-1]
+    bar.set_postfix(loss=f"{last['loss']:.3f}", img_s=f"{last['img_per_s']:.0f}")
+    return records
+
+
+def _accumulate(totals: dict[str, float], kind: str, values: StepValues) -> None:
     for key, value in (
-        (f"{kind}_loss_sum", result.loss * result.samples),
-        (f"{kind}_correct", result.correct),
-        (f"{kind}_samples", result.samples),
-        ("seconds", seconds),
+        (f"{kind}_loss_sum", values.loss * values.samples),
+        (f"{kind}_correct", values.correct),
+        (f"{kind}_samples", values.samples),
+        ("seconds", values.seconds),
     ):
         totals[key] = totals.get(key, 0.0) + value
 
 
-def _step_record(
-    state: TrainState,
-    kind: str,
-    result: StepResult,
-    seconds: float,
-    opts: Optimizers,
-    model: nn.Module,
-) -> dict[str, Any]:
-    optimizer = opts.w if kind == "w" else opts.theta
+def _step_header(state: TrainState, kind: str, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The fields of a step's record the host knows when the step is queued."""
     return {
         "epoch": state.epoch + 1,
         "batch": state.batch - 1,
         "step": state.step,
         "kind": kind,
-        "loss": result.loss,
-        "acc": result.correct / result.samples,
-        "grad_norm": result.grad_norm,
         "lr": optimizer.param_groups[0]["lr"],
-        "samples": result.samples,  # of all ranks
-        "img_per_s": result.samples / seconds,
-        "alpha_entropy": mean_alpha_entropy(model.alphas()),
+    }
+
+
+def _step_record(header: dict[str, Any], values: StepValues) -> dict[str, Any]:
+    return {
+        **header,
+        "loss": values.loss,
+        "acc": values.correct / values.samples,
+        "grad_norm": values.grad_norm,
+        "samples": values.samples,  # of all ranks
+        "img_per_s": values.samples / values.seconds,
+        "alpha_entropy": values.alpha_entropy,
     }
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 from torch import Tensor, nn
 
@@ -59,6 +61,19 @@ class MetadataEncoder(nn.Module):
         per_field = first.weight.unflatten(1, (len(self.fields), -1))  # [out, F, d]
         tokens = torch.einsum("bfd,ofd->bfo", torch.stack(embedded, dim=1), per_field)
         return self.mlp(torch.cat(embedded, dim=1)), tokens
+
+    def vocab_sizes(self) -> dict[str, int]:
+        """Rows of each field's table (its vocabulary size, "unknown" included)."""
+        return {f: self.embeddings[f].num_embeddings for f in self.fields}
+
+    def use_sparse_gradients(self, fields: Iterable[str]) -> list[nn.Parameter]:
+        """Make these fields' tables produce row-sparse gradients (only the rows a batch
+        looked up), the others dense; returns the sparse tables' weights. Forward values are
+        the same either way; a sparse gradient needs a sparse optimiser (`trainer.optimizers`)."""
+        chosen = set(fields)
+        for f in self.fields:
+            self.embeddings[f].sparse = f in chosen
+        return [self.embeddings[f].weight for f in self.fields if f in chosen]
 
     def _check(self, meta: Tensor) -> None:
         if meta.dim() != 2 or meta.shape[1] != len(self.fields):

@@ -51,6 +51,7 @@ from bionas.trainer.heldout import HeldOutShards, split_heldout
 from bionas.trainer.leakage import dataset_taxonomy, resolve_meta_fields
 from bionas.trainer.logs import start_logs, trim_logs
 from bionas.trainer.model import BioAutoMLNAS, ModelConfig, build_model
+from bionas.trainer.optimizers import build_w_optimizer, sparse_fields
 from bionas.trainer.run import (
     CHECKPOINT,
     CONFIG_NAME,
@@ -82,6 +83,7 @@ class Session:
     # sha256 of the dataset's own vocabulary files for the fields used (before the cut to
     # the train values): what a resume checks the dataset against
     dataset_vocab_sha256: dict[str, str] = field(default_factory=dict)
+    lazy_fields: tuple[str, ...] = ()  # tables updated lazily (`--sparse-embeddings`)
 
     @property
     def run_dir(self) -> Path:
@@ -105,14 +107,20 @@ class Optimizers:
 
 
 def build_optimizers(
-    model: BioAutoMLNAS, config: TrainConfig, amp: Amp, lr_theta: float | None = None
+    model: BioAutoMLNAS,
+    config: TrainConfig,
+    amp: Amp,
+    lr_theta: float | None = None,
+    lazy_fields: tuple[str, ...] | None = None,
 ) -> Optimizers:
-    """AdamW on w; Adam (coupled L2, the paper's) or AdamW on θ with DARTS' betas (0.5,
-    0.999) by default (the paper gives none); one loss scaler each. `lr_theta`: θ's rate
-    as resolved for the run (default: the config's, or the paper's for `auto`)."""
-    w = torch.optim.AdamW(
-        model.weight_parameters(), lr=config.lr_w, weight_decay=config.weight_decay_w
-    )
+    """AdamW on w (SparseAdam on lazily-updated embedding tables: `trainer.optimizers`);
+    Adam (coupled L2, the paper's) or AdamW on θ with DARTS' betas (0.5, 0.999) by default
+    (the paper gives none); one loss scaler each. `lr_theta`: θ's rate as resolved for the
+    run (default: the config's, or the paper's for `auto`); `lazy_fields`: the tables
+    updated lazily (default: `--sparse-embeddings` resolved on one process)."""
+    if lazy_fields is None:
+        lazy_fields = lazy_fields_for(config, model, SINGLE)
+    w = build_w_optimizer(model, config.lr_w, config.weight_decay_w, lazy_fields)
     theta = None
     if model.arch_parameters():
         kind = torch.optim.Adam if config.theta_optimizer == "adam" else torch.optim.AdamW
@@ -124,6 +132,13 @@ def build_optimizers(
         )
     scalers = [torch.amp.GradScaler("cuda", enabled=amp.loss_scaling) for _ in range(2)]
     return Optimizers(w, theta, *scalers)
+
+
+def lazy_fields_for(config: TrainConfig, model: BioAutoMLNAS, dist: Dist) -> tuple[str, ...]:
+    """`--sparse-embeddings` resolved for the model's tables (dense under DDP)."""
+    encoder = model.metadata_encoder
+    sizes = encoder.vocab_sizes() if encoder is not None else {}
+    return sparse_fields(config.sparse_embeddings, sizes, distributed=dist.enabled)
 
 
 def start_session(
@@ -165,11 +180,13 @@ def start_session(
     elif config.gpu_memory_gb is not None:
         log.warning("--gpu-memory-gb caps CUDA memory; ignored on %s", device)
     samples = manifest.num_samples("train")
+    lazy = lazy_fields_for(config, model, dist)
     if payload is not None:
         batch_size = int(payload["batch_size"])
     else:
         per_rank = samples // dist.world_size
-        batch_size = dist.min(_pick_batch_size(config, model, encoding, device, amp, per_rank))
+        picked = _pick_batch_size(config, model, encoding, device, amp, per_rank, lazy)
+        batch_size = dist.min(picked)
     has_val = config.val_split in manifest.splits
     lr_theta = _resolve_lr_theta(config, model, heldout, samples, batch_size, dist.world_size)
     if payload is not None and lr_theta is not None and payload.get("theta_optimizer"):
@@ -191,8 +208,9 @@ def start_session(
         dist=dist,
         lr_theta=lr_theta,
         dataset_vocab_sha256=dataset_vocabs,
+        lazy_fields=lazy,
     )
-    opts = build_optimizers(model, config, amp, lr_theta)
+    opts = build_optimizers(model, config, amp, lr_theta, lazy)
     # DDP copies rank 0's parameters and buffers to every rank when it is built: wrap
     # before restoring, which puts back each rank's own running statistics
     forward = data_parallel(model, dist)
@@ -324,6 +342,7 @@ def _start_or_restore(
                 "world_size": dist.world_size,
                 "amp": session.amp.to_dict(),
                 "lr_theta": session.lr_theta,
+                "sparse_embedding_fields": list(session.lazy_fields),
                 "dataset_vocab_sha256": session.dataset_vocab_sha256,
                 "device": str(session.device),
                 **({"heldout": session.heldout.to_dict()} if session.heldout else {}),
@@ -345,6 +364,7 @@ def _pick_batch_size(
     device: torch.device,
     amp: Amp,
     samples: int,
+    lazy_fields: tuple[str, ...] = (),
 ) -> int:
     """--batch-size N, or auto: the CUDA search over real w + θ steps, 32 on CPU."""
     from bionas.trainer.step import train_step  # it imports this module
@@ -353,7 +373,8 @@ def _pick_batch_size(
         # loss scale 1: fp16 steps must not be skipped as overflowed, or the optimiser
         # state (part of the memory a real step needs) would never be allocated
         scaler = torch.amp.GradScaler("cuda", init_scale=1.0, enabled=amp.loss_scaling)
-        opts = replace(build_optimizers(model, config, amp), w_scaler=scaler, theta_scaler=scaler)
+        opts = build_optimizers(model, config, amp, lazy_fields=lazy_fields)
+        opts = replace(opts, w_scaler=scaler, theta_scaler=scaler)
         size = config.image_size
         images = torch.randn(batch_size, 3, size, size, device=device)
         meta = torch.zeros(batch_size, len(encoding.meta_vocabs), dtype=torch.long, device=device)

@@ -161,6 +161,16 @@ CONVERT = {
     help="AdamW learning rate of the weights.",
 )
 @click.option(
+    "--sparse-embeddings",
+    type=click.Choice(["auto", "on", "off"]),
+    default="auto",
+    show_default=True,
+    help="Metadata tables whose rows only a batch's lookups update (SparseAdam at --lr-w, "
+    "no weight decay) instead of AdamW stepping every row: auto: tables of >= 65,536 rows "
+    "(BIOSCAN-5M's dna_bin), dense under torchrun; on: every table (one process only); "
+    "off: AdamW on all (the paper's setting, and a resumed run's from before this option).",
+)
+@click.option(
     "--lr-theta",
     default="3e-4",
     show_default=True,
@@ -202,6 +212,16 @@ CONVERT = {
     "--checkpoint-every",
     type=INT1,
     help="Also checkpoint every N steps (always at the end of each epoch).",
+)
+@click.option(
+    "--log-every",
+    type=INT1,
+    default=50,
+    show_default=True,
+    help="Read the steps' loss, accuracy and gradient norm from the device every N steps "
+    "(one host sync for all N; the GPU never waits for the host in between). steps.jsonl "
+    "still gets one line per step, written N at a time; the progress bar and TensorBoard "
+    "follow; epoch records stay exact.",
 )
 @click.option(
     "--amp/--no-amp", default=None, help="Mixed precision [default: on with CUDA, off on CPU]."

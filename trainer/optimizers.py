@@ -1,0 +1,135 @@
+"""The w optimiser: AdamW, with the rows of large embedding tables updated lazily.
+
+A batch looks up at most B rows of each metadata table, but AdamW steps every row of
+every table on every w step: decoupled weight decay shrinks rows no batch has seen, stale
+momentum keeps moving them, and a 324k-row `dna_bin` table (BIOSCAN-5M) costs ~115 ms of a
+one-thread CPU w step (BENCHMARKS, "Sparse embedding rows"). With `--sparse-embeddings` those tables
+give row-sparse gradients and `torch.optim.SparseAdam` steps only the rows in the batch
+(lazy Adam: their moments and the row itself change only when the row is looked up).
+
+    off   AdamW on all of w (the paper's setting; what runs started before the option did)
+    on    every metadata table lazy
+    auto  tables of >= AUTO_SPARSE_ROWS rows lazy, smaller ones dense (the default)
+
+Lazy tables take --lr-w and AdamW's betas and eps, but no weight decay (SparseAdam has
+none: decaying only the looked-up rows would decay a frequent value more than a rare one);
+--weight-decay-w applies to the rest of w. Sparse gradients go through GradScaler's
+unscale_ and clip_grad_norm_ (tested on CPU), but not through DDP here: its reducer fails
+("Expected sparse gradient to be defined") when a step leaves a sparse table without a
+gradient, as every θ step does (w is frozen), and NCCL has no sparse all-reduce. So on
+several processes `auto` stays dense and `on` is refused.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from bionas.errors import BionasError
+from bionas.trainer.config import SPARSE_EMBEDDINGS
+
+# Measured on CPU (BENCHMARKS): lazy rows win from ~1k rows on (the table's step 11x faster
+# at 16k rows, 39x at 64k, 540x at 324k), but below 2**16 rows the dense step is cheap (and
+# one fused kernel on a GPU), so such a table keeps the paper's AdamW with weight decay.
+AUTO_SPARSE_ROWS = 65_536
+
+log = logging.getLogger(__name__)
+
+
+def sparse_fields(
+    mode: str,
+    vocab_sizes: Mapping[str, int],
+    *,
+    distributed: bool = False,
+    rows: int = AUTO_SPARSE_ROWS,
+) -> tuple[str, ...]:
+    """The metadata fields whose tables are updated lazily under `--sparse-embeddings mode`;
+    `distributed`: in DDP (which cannot take them, see the module docstring)."""
+    if mode not in SPARSE_EMBEDDINGS:
+        raise ValueError(f"--sparse-embeddings must be one of {SPARSE_EMBEDDINGS}, got {mode!r}")
+    if mode == "off" or not vocab_sizes:
+        return ()
+    if distributed:
+        if mode == "on":
+            raise BionasError(
+                "--sparse-embeddings on cannot train on several processes: DDP cannot reduce "
+                "sparse embedding gradients that θ steps leave undefined. Use "
+                "--sparse-embeddings off (or auto, which stays dense under torchrun)"
+            )
+        return ()
+    return tuple(sorted(f for f, v in vocab_sizes.items() if mode == "on" or v >= rows))
+
+
+class LazyRowsAdamW(torch.optim.Optimizer):
+    """AdamW on the dense part of w and SparseAdam on the lazy tables, as one optimiser:
+    a train step unscales, clips and steps `opts.w` as one, and a checkpoint stores both
+    (`{"dense": ..., "sparse": ...}`). `param_groups` are the two optimisers' own, so a
+    change of lr reaches both."""
+
+    def __init__(
+        self,
+        dense: list[nn.Parameter],
+        sparse: list[nn.Parameter],
+        lr: float,
+        weight_decay: float,
+    ) -> None:
+        self.dense = torch.optim.AdamW(dense, lr=lr, weight_decay=weight_decay)
+        self.sparse = torch.optim.SparseAdam(sparse, lr=lr)
+        super().__init__([*dense, *sparse], {"lr": lr})
+        self.param_groups = [*self.dense.param_groups, *self.sparse.param_groups]
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self.dense.step()
+        self.sparse.step()
+        return loss
+
+    def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
+        return {"dense": self.dense.state_dict(), "sparse": self.sparse.state_dict()}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:  # type: ignore[override]
+        if set(state_dict) != {"dense", "sparse"}:
+            raise BionasError(
+                "cannot restore the w optimiser: the checkpoint's was a dense AdamW, this run "
+                "updates embedding rows lazily; resume with the run's own --sparse-embeddings"
+            )
+        self.dense.load_state_dict(state_dict["dense"])
+        self.sparse.load_state_dict(state_dict["sparse"])
+
+
+def build_w_optimizer(
+    model: nn.Module, lr: float, weight_decay: float, fields: tuple[str, ...]
+) -> torch.optim.Optimizer:
+    """AdamW on `model.weight_parameters()`; with lazy `fields`, a `LazyRowsAdamW` whose
+    sparse part holds those fields' tables (switched to sparse gradients here: the two
+    must agree, AdamW refuses a sparse gradient)."""
+    encoder = getattr(model, "metadata_encoder", None)
+    lazy = encoder.use_sparse_gradients(fields) if encoder is not None else []
+    if not lazy:
+        return torch.optim.AdamW(model.weight_parameters(), lr=lr, weight_decay=weight_decay)
+    ids = {id(p) for p in lazy}
+    dense = [p for p in model.weight_parameters() if id(p) not in ids]
+    log.info("embedding rows updated lazily (SparseAdam, no weight decay): %s", ", ".join(fields))
+    return LazyRowsAdamW(dense, lazy, lr, weight_decay)
+
+
+def state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """Bytes of the tensors an optimiser keeps between steps (moments, step counts)."""
+    optimizers = [optimizer]
+    if isinstance(optimizer, LazyRowsAdamW):
+        optimizers = [optimizer.dense, optimizer.sparse]
+    return sum(
+        t.numel() * t.element_size()
+        for o in optimizers
+        for per_param in o.state.values()
+        for t in per_param.values()
+        if isinstance(t, torch.Tensor)
+    )
