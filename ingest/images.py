@@ -175,9 +175,10 @@ def _open(data: bytes, spec: ImageSpec) -> Image.Image:
             image = Image.open(io.BytesIO(data), formats=PHOTO_FORMATS)
     except UnidentifiedImageError as exc:
         if data.startswith(_PHOTO_SIGNATURES):  # a photo's signature, then a broken header
-            raise ImageReject(
-                "corrupt_image", f"a JPEG/PNG signature, then an unreadable header: {exc}"
-            ) from exc
+            raise ImageReject(  # not Pillow's message: it names the buffer's address
+                "corrupt_image", f"a JPEG/PNG signature, then an unreadable header "
+                f"({len(data)} bytes, starting {data[:8]!r})",
+            ) from exc  # fmt: skip
         raise ImageReject(
             "not_an_image", f"not a JPEG or PNG ({len(data)} bytes, starting {data[:8]!r})"
         ) from exc
