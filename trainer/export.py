@@ -67,7 +67,6 @@ from bionas.trainer.predictor import (
     Preprocessing,
     calibration_of_run,
     load_calibration,
-    recorded_dataset_options,
     run_preprocessing,
 )
 from bionas.trainer.run import CONFIG_NAME, MODEL_NAME, VOCAB_DIR, TrainedRun, load_trained
@@ -279,7 +278,7 @@ def describe(
         ],  # fmt: skip
         "unknown_index": 0,
         "preprocessing": run_preprocessing(
-            run.dataset_dir, size, recorded_dataset_options(model_dir), strict=True
+            run.dataset_dir, size, run.dataset_options, strict=True
         ).to_json(),
         "temperature": calibration.temperature,
         "low_confidence_threshold": calibration.low_confidence,

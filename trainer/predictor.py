@@ -173,9 +173,7 @@ def predictor_of_run(run_dir: Path, device: str | torch.device = "cpu") -> Predi
         class_names=run.class_names,
         meta_fields=list(run.meta_fields),
         vocabs={f: run.vocabs[f] for f in run.meta_fields},
-        preprocessing=run_preprocessing(
-            run.dataset_dir, run.image_size, recorded_dataset_options(run_dir)
-        ),
+        preprocessing=run_preprocessing(run.dataset_dir, run.image_size, run.dataset_options),
         calibration=calibration_of_run(run_dir, network),
         logits_fn=logits_fn,
         device=device,
@@ -249,12 +247,3 @@ def run_preprocessing(
         crop_margin=float(options.get("crop_margin", 0.1)),
         quality=int(options.get("quality", 90)),
     )
-
-
-def recorded_dataset_options(run_dir: Path) -> dict[str, Any]:
-    """The crop options RUN_DIR/config.json recorded from its dataset at train time."""
-    try:
-        return dict(json.loads((Path(run_dir) / "config.json").read_text()).get(
-            "dataset_options") or {})  # fmt: skip
-    except (OSError, ValueError):
-        return {}

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -202,6 +202,8 @@ class TrainedRun:
     vocabs: dict[str, Vocab]  # the metadata fields' and the target's, as at train time
     image_size: int
     dataset_dir: Path
+    # the crop options of the dataset at train time (config.json; {} for older runs)
+    dataset_options: dict[str, Any] = field(default_factory=dict)
 
     def meta_indices(self, values: Mapping[str, str | None]) -> Tensor:
         """LongTensor [1, F] of the metadata fields' indices (missing -> 0, unknown)."""
@@ -245,4 +247,5 @@ def load_trained(run_dir: Path, map_location: str | torch.device = "cpu") -> Tra
         vocabs=vocabs,
         image_size=int(config["image_size"]),
         dataset_dir=Path(config["dataset_dir"]),
+        dataset_options=dict(config.get("dataset_options") or {}),
     )
