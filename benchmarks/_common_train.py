@@ -129,8 +129,11 @@ class StepSetup:
     seed: int = 0
 
 
-def build(setup: StepSetup, device: torch.device, amp: Amp) -> tuple[BioAutoMLNAS, Optimizers]:
-    """The supernet and Algorithm 1's optimisers, as `bionas train` builds them."""
+def build(
+    setup: StepSetup, device: torch.device, amp: Amp, *, dense_embeddings: bool = False
+) -> tuple[BioAutoMLNAS, Optimizers]:
+    """The supernet and Algorithm 1's optimisers, as `bionas train` builds them
+    (`dense_embeddings`: every table dense, as `--sparse-embeddings off`)."""
     torch.manual_seed(setup.seed)
     cfg = ModelConfig(
         num_classes=NUM_CLASSES,
@@ -144,7 +147,8 @@ def build(setup: StepSetup, device: torch.device, amp: Amp) -> tuple[BioAutoMLNA
     model.train()
     # Algorithm 1's optimisers with the TrainConfig defaults (AdamW on w, Adam on θ)
     config = TrainConfig(dataset_dir=Path("."), run_dir=Path("."))
-    return model, build_optimizers(model, config, amp)
+    lazy_fields = () if dense_embeddings else None
+    return model, build_optimizers(model, config, amp, lazy_fields=lazy_fields)
 
 
 def prune(model: BioAutoMLNAS, ops: Sequence[str]) -> None:

@@ -181,3 +181,104 @@ def test_nccl_process_group_under_torchrun(dataset, tmp_path, uncapped):
     assert done.returncode == 0, done.stdout + done.stderr[-4000:]
     assert "nccl" in (done.stdout + done.stderr).lower()
     assert (run / "model.pt").is_file()
+
+
+# --- issue 14: the step options, the probe's margin and out-of-memory recovery on CUDA ---
+
+
+def alternating_steps(options, amp, steps: int = 6, backend: str | None = None):
+    """Losses of w/θ steps of the small supernet (no dropout) under `options`, and the model."""
+    from bionas.trainer.step_options import apply_step_options
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(num_classes=5, meta_cardinalities=(("dna_bin", 50), ("class", 4)),
+                      channels=8, cells=3, embed_dim=32, meta_embed_dim=8, dropout=0.0)  # fmt: skip
+    model = build_model(cfg).to(CUDA)
+    opts = build_optimizers(model, CONFIG, amp)
+    apply_step_options(model, options, backend=backend)
+    losses = [train_step(model, *batch(16), "w" if i % 2 == 0 else "theta", opts, amp).loss
+              for i in range(steps)]  # fmt: skip
+    return losses, model
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_compiled_and_channels_last_steps_give_the_eager_losses_on_cuda(uncapped, precision):
+    from bionas.trainer.config import Amp
+    from bionas.trainer.step_options import StepOptions
+
+    amp = (Amp(False, torch.float32, "cuda") if precision == "fp32"
+           else resolve_amp(CONFIG, CUDA))  # fmt: skip
+    tolerance = 1e-4 if precision == "fp32" else 2e-2
+    eager, _ = alternating_steps(StepOptions(), amp)
+    torch._dynamo.reset()
+    compiled, _ = alternating_steps(StepOptions(compile=True), amp)  # inductor (Triton)
+    torch._dynamo.reset()
+    nhwc, model = alternating_steps(StepOptions(channels_last=True), amp)
+    assert compiled == pytest.approx(eager, abs=tolerance), (compiled, eager)
+    assert nhwc == pytest.approx(eager, abs=tolerance), (nhwc, eager)
+    conv = next(p for p in model.parameters() if p.dim() == 4 and p.shape[-1] > 1)
+    assert conv.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_the_probe_keeps_its_margin_and_leaves_the_cuda_rng_alone(uncapped):
+    from bionas.trainer.batch_size import MEMORY_MARGIN, cuda_peak_bytes
+
+    budget = 2 * 2**30
+    cap_gpu_memory(2.0, CUDA)
+    model = supernet(channels=16, cells=5)
+    amp = resolve_amp(CONFIG, CUDA)
+
+    def step(size: int) -> None:
+        opts = build_optimizers(model, CONFIG, amp)
+        for kind in ("w", "theta"):
+            train_step(model, *batch(size, 128), kind, opts, amp)
+
+    peaks: dict[int, int] = {}
+    cuda_rng, cpu_rng = torch.cuda.get_rng_state(), torch.get_rng_state()
+    probe = restoring_probe(model, step, budget=budget, peaks=peaks, rng_devices=[0],
+                            measure=cuda_peak_bytes)  # fmt: skip
+    chosen = search_batch_size(probe)
+    assert torch.equal(torch.cuda.get_rng_state(), cuda_rng)
+    assert torch.equal(torch.get_rng_state(), cpu_rng)
+    assert peaks[chosen] <= (1 - MEMORY_MARGIN) * budget, (chosen, peaks)
+    larger = [size for size, peak in peaks.items() if size > chosen]
+    assert all(peaks[s] > (1 - MEMORY_MARGIN) * budget for s in larger), peaks
+    print(f"probe under a 2 GiB budget, {MEMORY_MARGIN:.0%} kept: peaks {peaks} -> {chosen}")
+
+
+def test_a_real_out_of_memory_mid_training_halves_the_batch_and_finishes(
+    dataset, tmp_path, uncapped
+):
+    """A cap between the peaks of batch 64 and batch 128 (measured on this card first):
+    a run started at 128 runs out of memory, halves to 64 and trains on."""
+    from bionas.trainer.config import TrainConfig
+    from bionas.trainer.loop import train
+
+    base = TrainConfig(dataset_dir=dataset, run_dir=tmp_path / "probe", device="cuda",
+                       image_size=64, cells=3, channels=8, workers=0, quiet=True,
+                       epochs=1, max_steps=2)  # fmt: skip
+    peaks = {}
+    for size in (64, 128):
+        torch.cuda.reset_peak_memory_stats()
+        train(replace_config(base, batch_size=size, run_dir=tmp_path / f"probe{size}"))
+        peaks[size] = torch.cuda.max_memory_allocated()
+        release_cached_memory()
+    assert peaks[64] < peaks[128], peaks
+    cap = (peaks[64] + peaks[128]) / 2 / 2**30
+    config = replace_config(base, batch_size=128, gpu_memory_gb=cap, max_steps=None,
+                            run_dir=tmp_path / "run")  # fmt: skip
+    (epoch,) = train(config)
+    events = [
+        json.loads(line) for line in (config.run_dir / "events.jsonl").read_text().splitlines()
+    ]
+    assert events and events[0]["reason"] == "out_of_memory", events
+    assert (events[0]["from"], events[-1]["to"]) == (128, 64), events
+    steps = [json.loads(line) for line in (config.run_dir / "steps.jsonl").read_text().splitlines()]
+    assert all(s["samples"] == 64 for s in steps), steps
+    print(f"peaks {peaks}, cap {cap:.3f} GiB: {events}")
+
+
+def replace_config(config, **changes):
+    from dataclasses import replace
+
+    return replace(config, **changes)

@@ -2,8 +2,10 @@
 
 The search is a pure function of a probe `fits(batch_size) -> bool`, so it is tested on
 CPU with fake probes; on CUDA the probe runs a real w step and a real θ step at full size
-(forward, backward, optimiser step, so optimiser state and both update kinds count), maps
-`torch.OutOfMemoryError` to False, then restores the model.
+(forward, backward, optimiser step, so optimiser state and both update kinds count) on
+forked RNGs, maps `torch.OutOfMemoryError`, or a peak allocation above (1 - MEMORY_MARGIN)
+of the memory budget, to False, then restores the model. A step that runs out of memory
+later, mid-training, halves the batch (`bionas.trainer.rebatch`).
 
 Scheme: double from 32 while the step fits (32, 64, 128, 256, 512); after the first
 failure, binary-search the gap on multiples of 8. Given a monotone probe the result is the
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -28,6 +30,14 @@ MIN_BATCH = 32
 MAX_BATCH = 512
 MULTIPLE = 8  # sizes tried between powers of two
 CPU_DEFAULT_BATCH = 32  # --batch-size auto on CPU: no memory to probe, a sane default
+# A size fits when its probe's peak allocation stays within 90 % of the budget. The probe
+# takes one w and one θ step in isolation; a run needs more than that peak: validation
+# and a short last batch bring new shapes (cuDNN benchmark mode autotunes them, with
+# their own workspaces), the caching allocator fragments as shapes vary (memory it holds
+# but cannot reuse is not in the allocated peak), and DDP adds gradient buckets the
+# unwrapped probe model has none of. 10 % of an RTX 3060's 12 GiB is 1.2 GiB, and costs
+# at most a tenth of the batch; a step that still runs out halves it (trainer.rebatch).
+MEMORY_MARGIN = 0.10
 
 
 def search_batch_size(
@@ -64,28 +74,70 @@ def search_batch_size(
     return max(good, lo * multiple)
 
 
-def restoring_probe(model: nn.Module, run_step: Callable[[int], None]) -> Callable[[int], bool]:
-    """A probe that runs `run_step(batch_size)`, reports whether it ran out of memory,
-    and puts back the model's parameters and buffers either way."""
+def restoring_probe(
+    model: nn.Module,
+    run_step: Callable[[int], None],
+    *,
+    budget: int | None = None,
+    margin: float = MEMORY_MARGIN,
+    measure: Callable[[Callable[[], None]], int] | None = None,
+    peaks: dict[int, int] | None = None,
+    rng_devices: Sequence[int] = (),
+) -> Callable[[int], bool]:
+    """A probe that runs `run_step(batch_size)` and reports whether it fits, then puts back
+    the model's parameters and buffers either way.
+
+    A size fits when the step does not run out of memory and, given a `budget` (bytes),
+    when `measure` (default `cuda_peak_bytes`: runs the step, returns its peak allocation)
+    reads at most (1 - margin) of it; each reading goes into `peaks`. The step runs on
+    forked RNGs (CPU and the CUDA `rng_devices`), so probing draws nothing from the run's
+    streams: dropout does not depend on how many sizes were tried."""
     saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    read_peak = measure or cuda_peak_bytes
 
     def fits(batch_size: int) -> bool:
-        out_of_memory = False
-        try:
-            run_step(batch_size)
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-        except RuntimeError as err:  # torch.OutOfMemoryError, or cuDNN/cuBLAS failing to allocate
-            if not is_out_of_memory(err):
-                raise
-            out_of_memory = True  # leave the except block first, so its frames are freed
+        out_of_memory, peak = False, None
+        with torch.random.fork_rng(devices=list(rng_devices)):
+            try:
+                if budget is None:
+                    run_step(batch_size)
+                    if torch.cuda.is_available():
+                        torch.cuda.synchronize()
+                else:
+                    peak = read_peak(lambda: run_step(batch_size))
+            except RuntimeError as err:  # torch.OutOfMemoryError, or cuDNN/cuBLAS failing
+                if not is_out_of_memory(err):
+                    raise
+                out_of_memory = True  # leave the except block first, so its frames are freed
         model.zero_grad(set_to_none=True)
         model.load_state_dict(saved)
         release_cached_memory()
-        log.info("batch size %d %s", batch_size, "does not fit" if out_of_memory else "fits")
-        return not out_of_memory
+        within = peak is None or peak <= (1 - margin) * budget
+        if peak is not None and peaks is not None:
+            peaks[batch_size] = peak
+        log.info(
+            "batch size %d %s%s", batch_size,
+            "fits" if within and not out_of_memory else "does not fit",
+            "" if peak is None else f" (peak {peak / 2**30:.2f} GiB of {budget / 2**30:.2f} GiB)",
+        )  # fmt: skip
+        return within and not out_of_memory
 
     return fits
+
+
+def cuda_peak_bytes(run: Callable[[], None]) -> int:
+    """Run `run`; the most CUDA memory allocated meanwhile, in bytes (the model included)."""
+    torch.cuda.reset_peak_memory_stats()
+    run()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated()
+
+
+def memory_budget(gpu_memory_gb: float | None, total_bytes: int) -> int:
+    """The bytes a run may allocate: the device's, or `--gpu-memory-gb` of them."""
+    if gpu_memory_gb is None:
+        return total_bytes
+    return min(total_bytes, int(gpu_memory_gb * 2**30))
 
 
 def is_out_of_memory(err: BaseException) -> bool:

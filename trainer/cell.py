@@ -60,8 +60,10 @@ class MixedOp(nn.Module):
         self.zero = Zero(stride)
 
     def forward(self, x: Tensor, alpha_row: Tensor, active: Sequence[bool]) -> Tensor:
-        """alpha_row: α in `OP_NAMES` order (fp32); active: the prune mask, same order, on the
-        host (the model refreshes it only when θ changes, never in the forward pass).
+        """alpha_row: α in `OP_NAMES` order (fp32), 0 where the op is pruned; active: which
+        ops to launch, same order, a host list the model refreshes only where the host
+        waits for the device anyway (`BioAutoMLNAS.sync_prune_mask`), so it may still
+        launch an op pruned since, whose α of 0 keeps the sum exact.
 
         Accumulates op by op in the activation dtype, `out += α_k o_k` as one fused
         multiply-add per op, with α cast once per edge. Stacking the outputs costs a

@@ -57,6 +57,7 @@ class TrainState:
     totals: dict[str, float] = field(default_factory=dict)  # running sums of this epoch
     main: StreamPosition = field(default_factory=StreamPosition)  # this epoch's stream
     arch: StreamPosition | None = None  # the persistent held-out stream of θ steps
+    events: list[dict[str, Any]] = field(default_factory=list)  # events.jsonl: batch size
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -67,6 +68,7 @@ class TrainState:
             "totals": dict(self.totals),
             "main": self.main.to_dict(),
             "arch": None if self.arch is None else self.arch.to_dict(),
+            "events": self.events,
         }
 
     @classmethod
@@ -80,6 +82,7 @@ class TrainState:
             totals=dict(data["totals"]),
             main=StreamPosition.from_dict(data["main"]),
             arch=None if arch is None else StreamPosition.from_dict(arch),
+            events=list(data.get("events", [])),  # none before events.jsonl
         )
 
 

@@ -22,6 +22,8 @@ from bionas.trainer.ops import OP_SETS
 
 THETA_OPTIMIZERS = ("adam", "adamw")
 SPARSE_EMBEDDINGS = ("auto", "on", "off")  # see `bionas.trainer.optimizers`
+STEP_OPTION_MODES = ("auto", "on", "off")  # --compile, --channels-last: trainer.step_options
+DECODES = ("auto", "cpu", "gpu")  # where JPEGs decode: see `bionas.trainer.batch_decode`
 ARCH_DATA = ("interleaved", "heldout")
 AMP_DTYPES = ("fp16", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
@@ -53,6 +55,9 @@ LEGACY_DEFAULTS: dict[str, Any] = {
     "theta_betas": [0.9, 0.999],
     "search_bn_affine": True,
     "sparse_embeddings": "off",
+    "compile": "off",
+    "channels_last": "off",
+    "decode": "cpu",
 }
 
 # Options that may change when a run is resumed; any other difference is refused, since
@@ -67,6 +72,10 @@ RESUMABLE_OVERRIDES = frozenset(
         "quiet",
         "strict",
         "threads",
+        "batch_size",  # the epoch goes on from the same samples (trainer.rebatch)
+        "compile",  # how the step runs, not what it computes (trainer.step_options)
+        "channels_last",
+        "decode",  # the same samples, decoded elsewhere (pixels differ slightly: batch_decode)
         "resume",
         "dataset_dir",
         "run_dir",
@@ -84,7 +93,7 @@ class TrainConfig:
     allow_target_leakage: bool = False
     epochs: int = 10
     max_steps: int | None = None
-    batch_size: int | None = None  # None: auto (search on CUDA, 32 on CPU)
+    batch_size: int | None = None  # None: auto (search on CUDA, 32 on CPU); resume: the run's
     gpu_memory_gb: float | None = None
     image_size: int = 224
     cells: int = 5
@@ -99,6 +108,7 @@ class TrainConfig:
     backbone: str | None = None  # a torchvision model as the image encoder (Table II)
     weights: Path | None = None  # a local state dict for the backbone (never downloaded)
     workers: int = 4
+    decode: str = "auto"  # JPEGs decoded by PIL in the workers (cpu) or batched on the device
     threads: int | None = None  # torch CPU threads of the training process (None: torch's)
     seed: int = 0
     shuffle_buffer: int = 1000
@@ -112,6 +122,8 @@ class TrainConfig:
     weight_decay_w: float = 1e-4
     # large metadata tables' rows updated lazily (SparseAdam): auto|on|off (trainer.optimizers)
     sparse_embeddings: str = "auto"
+    compile: str = "auto"  # torch.compile of the forward: auto|on|off (trainer.step_options)
+    channels_last: str = "auto"  # NHWC model and images: auto|on|off (trainer.step_options)
     lr_theta: float | None = PAPER_LR_THETA  # Adam on θ; None: `auto_lr_theta`
     weight_decay_theta: float = 1e-3
     theta_optimizer: str = "adam"  # "adamw": decoupled weight decay on θ
@@ -219,8 +231,11 @@ def _validate(c: TrainConfig) -> None:
     for name, choices in (
         ("theta_optimizer", THETA_OPTIMIZERS),
         ("sparse_embeddings", SPARSE_EMBEDDINGS),
+        ("compile", STEP_OPTION_MODES),
+        ("channels_last", STEP_OPTION_MODES),
         ("arch_data", ARCH_DATA),
         ("device", DEVICES),
+        ("decode", DECODES),
         ("dilated", DILATED),
         ("stem", ("learned", "transpose_symmetric")),
     ):
@@ -267,6 +282,11 @@ def _validate_search(c: TrainConfig) -> None:
     if c.search == "darts":
         return
     _check(c.backbone is None, f"--backbone has no cells to search: no --search {c.search}")
+    _check(
+        c.compile != "on",
+        f"--compile on traces one network; --search {c.search} runs another path of the "
+        "supernet at every step (a recompile each): leave --compile at auto or off",
+    )
     _check(
         c.arch_data == "interleaved",
         f"--arch-data heldout splits the data of darts' θ steps; --search {c.search} has none",

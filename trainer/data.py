@@ -37,6 +37,7 @@ from bionas.manifests.manifest import Manifest
 from bionas.shards.format import IMAGE_FORMATS, decode_record
 from bionas.shards.reader import CorruptDataError, RawSample, ReadStats, Slot, read_samples
 from bionas.shards.tario import ShardRef
+from bionas.trainer.batch_decode import EncodedImages
 from bionas.trainer.config import TrainConfig
 from bionas.trainer.encoding import Encoding
 from bionas.trainer.transforms import DECODE_ERRORS, decode_image, normalize_images
@@ -111,7 +112,8 @@ class StreamPosition:
 
 @dataclass(frozen=True)
 class Batch:
-    images: Tensor  # [B, 3, S, S]: normalised float, or uint8 (`StreamSpec.uint8`)
+    # [B, 3, S, S]: normalised float, or uint8 (`StreamSpec.uint8`); or JPEGs (`encoded`)
+    images: Tensor | EncodedImages
     meta: Tensor  # long [B, F]
     labels: Tensor  # long [B]
     keys: tuple[str, ...]  # processids
@@ -151,6 +153,8 @@ class StreamSpec:
     # bytes through queues, pinned memory and PCIe); else normalise in the workers,
     # where it runs in parallel (on CPU the main process would do it alone)
     uint8: bool = False
+    # ship the JPEG bytes undecoded (`--decode gpu`: `bionas.trainer.batch_decode`)
+    encoded: bool = False
     strict: bool = False
 
 
@@ -225,9 +229,7 @@ class BatchStream(IterableDataset):
                 if label < 0:
                     state.unknown_class += 1
                     continue
-                image = decode_image(sample.jpg, self.spec.image_size, IMAGE_FORMATS)
-                if not self.spec.uint8:
-                    image = normalize_images(image)
+                image = self._image(sample.jpg)
             except DECODE_ERRORS as err:
                 if self.spec.strict:
                     raise CorruptDataError(
@@ -241,6 +243,12 @@ class BatchStream(IterableDataset):
                 break
         return items
 
+    def _image(self, jpg: bytes) -> Tensor | bytes:
+        if self.spec.encoded:
+            return jpg  # the training process decodes it (`batch_decode.decode_batches`)
+        image = decode_image(jpg, self.spec.image_size, IMAGE_FORMATS)
+        return image if self.spec.uint8 else normalize_images(image)
+
     def _batch(self, items: list[tuple], logical: int, index: int, state: WorkerState) -> Batch:
         spec = self.spec
         meta = torch.tensor([m for _, m, _, _ in items], dtype=torch.long).view(len(items), -1)
@@ -248,8 +256,9 @@ class BatchStream(IterableDataset):
             rng = np.random.default_rng([spec.seed, spec.epoch, spec.rank, logical, index, 0xD20])
             drop = torch.from_numpy(rng.random(tuple(meta.shape)) < spec.meta_dropout)
             meta = meta.masked_fill(drop, 0)
+        images = [image for image, _, _, _ in items]
         return Batch(
-            images=torch.stack([image for image, _, _, _ in items]),
+            images=EncodedImages.of(images) if spec.encoded else torch.stack(images),
             meta=meta,
             labels=torch.tensor([label for _, _, label, _ in items], dtype=torch.long),
             keys=tuple(key for _, _, _, key in items),

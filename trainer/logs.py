@@ -1,7 +1,9 @@
 """Training logs in RUN_DIR (JSONL, one object per line) and the search's collapse monitors.
 
 `steps.jsonl` one line per step, `epochs.jsonl` one per finished epoch, `alphas.jsonl` the
-α of every edge at the start and after every epoch (for plots of α over time). Step lines
+α of every edge at the start and after every epoch (for plots of α over time),
+`events.jsonl` what changed how the run trains (the batch size halved after running out of
+memory, or changed on resume: `bionas.trainer.rebatch`). Step lines
 are written `--log-every` at a time, when the loop reads the window of steps' results from
 the device (`bionas.trainer.step.StepWindow`), and always before a checkpoint.
 
@@ -28,6 +30,7 @@ from tqdm import tqdm
 from bionas.trainer.ops import OP_NAMES
 
 STEPS_LOG, EPOCHS_LOG, ALPHAS_LOG = "steps.jsonl", "epochs.jsonl", "alphas.jsonl"
+EVENTS_LOG = "events.jsonl"
 PARAMETER_FREE_OPS = ("avg_pool_3x3", "max_pool_3x3", "skip", "zero")
 _FREE_INDEX = [OP_NAMES.index(op) for op in PARAMETER_FREE_OPS]
 
@@ -129,14 +132,23 @@ def progress_bar(total: int, initial: int, description: str, quiet: bool) -> tqd
 def start_logs(run_dir: Path, initial_alphas: dict[str, torch.Tensor]) -> None:
     """Empty logs for a fresh run; alphas.jsonl starts with θ's initial α (epoch 0)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    for name in (STEPS_LOG, EPOCHS_LOG, ALPHAS_LOG):
+    for name in (STEPS_LOG, EPOCHS_LOG, ALPHAS_LOG, EVENTS_LOG):
         rewrite_jsonl(run_dir / name, [])
     if initial_alphas:
         append_jsonl(run_dir / ALPHAS_LOG, alpha_record(initial_alphas, 0, 0))
 
 
-def trim_logs(run_dir: Path, step: int, epoch: int, history: list[dict[str, Any]]) -> None:
-    """On resume: drop lines written after the checkpoint (they will be written again)."""
+def trim_logs(
+    run_dir: Path,
+    step: int,
+    epoch: int,
+    history: list[dict[str, Any]],
+    events: list[dict[str, Any]] | None = None,
+) -> None:
+    """On resume: drop lines written after the checkpoint (they will be written again).
+    epochs.jsonl and events.jsonl are rewritten from the checkpoint's own records, so an
+    event of a resume that never reached a checkpoint goes too."""
     truncate_jsonl(run_dir / STEPS_LOG, lambda r: r["step"] <= step)
     rewrite_jsonl(run_dir / EPOCHS_LOG, history)
+    rewrite_jsonl(run_dir / EVENTS_LOG, events or [])
     truncate_jsonl(run_dir / ALPHAS_LOG, lambda r: r["epoch"] <= epoch)

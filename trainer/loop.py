@@ -2,6 +2,7 @@
 
     train()          setup (bionas.trainer.session) -> epochs -> final checkpoint, model
     run_epoch()      batches -> one step each -> a window of steps read -> logs -> checkpoints
+                     (train_epoch: out of memory -> half the batch, bionas.trainer.rebatch)
     end_epoch()      validation -> collapse monitors -> history -> checkpoint
     train_step()     one w step or one θ step (bionas.trainer.step)
 
@@ -26,6 +27,7 @@ Host syncs: a step's loss, correct count and gradient norm stay on the device. E
 read brings that window of steps to the host (`bionas.trainer.step.StepWindow`); it feeds
 steps.jsonl (still one line per step), the progress bar, the step hooks (TensorBoard) and
 the epoch's totals, which sum every step, so the epoch record does not depend on N.
+The host's list of ops to launch (the prune mask) is copied at these reads too.
 
 Several ranks (torchrun, `bionas.trainer.distributed`): each rank reads its share of
 every stream and takes the same steps through DistributedDataParallel; step and epoch
@@ -36,18 +38,18 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
-from torch.utils.data import DataLoader
+from torch import Tensor, nn
 
 from bionas.errors import BionasError
 from bionas.shards.atomic import Locked, exclusive_lock
-from bionas.trainer.batch_size import release_cached_memory
+from bionas.trainer.batch_decode import decode_batches, resolve_decode
+from bionas.trainer.batch_size import is_out_of_memory, release_cached_memory
 from bionas.trainer.checkpoint import (
     TrainState,
     check_replicas,
@@ -81,9 +83,18 @@ from bionas.trainer.logs import (
     progress_bar,
 )
 from bionas.trainer.model import BioAutoMLNAS
+from bionas.trainer.rebatch import halve_batch, resume_smaller
 from bionas.trainer.run import CHECKPOINT, save_model
 from bionas.trainer.session import Optimizers, Session, start_session
-from bionas.trainer.step import StepValues, StepWindow, task_loss, to_device, train_step
+from bionas.trainer.step import (
+    StepOutOfMemory,
+    StepResult,
+    StepValues,
+    StepWindow,
+    task_loss,
+    to_device,
+    train_step,
+)
 from bionas.trainer.tensorboard_log import TensorBoardLog
 
 log = logging.getLogger(__name__)
@@ -146,8 +157,12 @@ def _train(
         if searching and session.heldout and arch_batches is None:
             spec = arch_spec(session.config, session.heldout.arch, session.batch_size)
             arch_batches = iter(_loader(session, spec, state.arch))
-        finished = run_epoch(session, model, forward, opts, state, searching, arch_batches, on_step)
-        if finished:
+        session, finished = train_epoch(
+            session, model, forward, opts, state, searching, arch_batches, on_step
+        )
+        if finished is None:  # the batch was halved: θ's stream is rebuilt at the new size
+            arch_batches = None
+        elif finished:
             record = end_epoch(session, model, opts, state, searching)
             board.epoch(record, model.alphas())
             if on_epoch is not None:
@@ -180,12 +195,19 @@ def _checkpoint(session: Session, model: BioAutoMLNAS, opts: Optimizers, state: 
     dist.barrier()  # no rank runs ahead of (or exits before) a complete checkpoint
 
 
-def _loader(session: Session, spec: StreamSpec, start: StreamPosition | None = None) -> DataLoader:
-    """This rank's share of the stream `spec` describes."""
+def _loader(
+    session: Session, spec: StreamSpec, start: StreamPosition | None = None
+) -> Iterable[Batch]:
+    """This rank's share of the stream `spec` describes (`--decode gpu`: JPEGs decoded here,
+    on the device, a batch at a time)."""
+    on_device = resolve_decode(session.config.decode, session.device) == "gpu"
     spec = replace(spec, rank=session.dist.rank, world_size=session.dist.world_size,
-                   uint8=session.device.type == "cuda")  # fmt: skip
+                   uint8=session.device.type == "cuda", encoded=on_device)  # fmt: skip
     dataset = BatchStream(spec, session.encoding, start)
-    return make_loader(dataset, session.config.workers, pin_memory=session.device.type == "cuda")
+    loader = make_loader(dataset, session.config.workers, pin_memory=session.device.type == "cuda")
+    if on_device:
+        return decode_batches(loader, spec.image_size, session.device, spec.strict)
+    return loader
 
 
 # --- training ----------------------------------------------------------------------
@@ -193,6 +215,30 @@ def _loader(session: Session, spec: StreamSpec, start: StreamPosition | None = N
 
 def _stop(session: Session, state: TrainState) -> bool:
     return session.config.max_steps is not None and state.step >= session.config.max_steps
+
+
+def train_epoch(
+    session: Session,
+    model: BioAutoMLNAS,
+    forward: nn.Module,
+    opts: Optimizers,
+    state: TrainState,
+    searching: bool,
+    arch_batches: Iterator[Batch] | None,
+    on_step: StepHook | None,
+) -> tuple[Session, bool | None]:
+    """`run_epoch` -> (session, finished); after a step that ran out of memory, the session
+    at half the batch (checkpointed) and None: the rest of the epoch is still to run
+    (`bionas.trainer.rebatch`)."""
+    try:
+        finished = run_epoch(session, model, forward, opts, state, searching, arch_batches, on_step)
+    except StepOutOfMemory as err:
+        out_of_memory = str(err)  # acted on below, once the except block let go of the step
+    else:
+        return session, finished
+    session = halve_batch(session, model, opts, state, searching, out_of_memory)
+    _checkpoint(session, model, opts, state)  # a resume goes on at the new size
+    return session, None
 
 
 def run_epoch(
@@ -229,12 +275,15 @@ def run_epoch(
         kind = "theta" if searching and state.batch % 2 == 1 else "w"
         from_arch = kind == "theta" and arch_batches is not None
         batch = next(arch_batches if from_arch else main_batches_iter)
+        result = _try_step(session, model, forward, opts, batch, kind)
+        if result is None:  # the steps before it are logged; _train goes on at half the batch
+            records = _log_window(session, state, window, bar) if len(window) else []
+            for record in records if on_step is not None else ():
+                on_step(record)
+            bar.close()
+            raise StepOutOfMemory(kind, len(batch))
+        # only now: the samples of a step that failed are read again (bionas.trainer.rebatch)
         (state.arch if from_arch else state.main).advance(batch)
-        images, meta, labels = to_device(batch, session.device)
-        result = train_step(
-            model, images, meta, labels, kind, opts, session.amp,
-            grad_clip=cfg.grad_clip, label_smoothing=cfg.label_smoothing, forward=forward,
-        )  # fmt: skip
         if kind == "theta":
             entropy = mean_alpha_entropy(model.alphas())
         state.batch += 1
@@ -247,12 +296,55 @@ def run_epoch(
         # read before a checkpoint too: it holds the totals of every step before it
         if checkpoint or last or state.step % cfg.log_every == 0:
             records = _log_window(session, state, window, bar)
+            model.sync_prune_mask()  # the host just waited: stop launching what θ pruned
             if checkpoint:
                 _checkpoint(session, model, opts, state)
             for record in records if on_step is not None else ():
                 on_step(record)
     bar.close()
     return True
+
+
+def _try_step(
+    session: Session,
+    model: BioAutoMLNAS,
+    forward: nn.Module,
+    opts: Optimizers,
+    batch: Batch,
+    kind: str,
+) -> StepResult | None:
+    """`train_step` on `batch`; None when it ran out of memory before its optimiser step
+    (its tensors are gone once this returns). Out of memory inside the optimiser step, or
+    on several ranks, stops the run with what to do (`bionas.trainer.rebatch`)."""
+    cfg = session.config
+    try:
+        images, meta, labels = _to_device(batch, session.device, kind)
+        return train_step(
+            model, images, meta, labels, kind, opts, session.amp,
+            grad_clip=cfg.grad_clip, label_smoothing=cfg.label_smoothing, forward=forward,
+        )  # fmt: skip
+    except StepOutOfMemory as err:
+        if session.dist.enabled:  # no collective from here: the other ranks wait in one
+            why = f"rank {session.dist.rank} cannot shrink its batch while the others wait"
+            raise resume_smaller(str(err), len(batch), why) from None
+    except RuntimeError as err:
+        if not is_out_of_memory(err):
+            raise
+        what = f"a {kind} step ran out of memory inside its optimiser step"
+        why = "its update may be half applied, so the run stops rather than go on from it"
+        raise resume_smaller(what, len(batch), why) from None
+    return None
+
+
+def _to_device(batch: Batch, device: torch.device, kind: str) -> tuple[Tensor, Tensor, Tensor]:
+    """`to_device`; running out of memory for the copy is a `StepOutOfMemory` (nothing
+    has changed yet: the step can be taken again on smaller batches)."""
+    try:
+        return to_device(batch, device)
+    except RuntimeError as err:
+        if not is_out_of_memory(err):
+            raise
+    raise StepOutOfMemory(kind, len(batch))
 
 
 def _log_window(
@@ -361,7 +453,7 @@ def _epoch_record(
     return {
         "epoch": state.epoch + 1,
         "step": state.step,
-        "steps": state.batch,
+        "steps": state.step - (state.history[-1]["step"] if state.history else 0),  # taken
         "searching": searching,
         "train_loss": (t.get("w_loss_sum", 0.0) + t.get("theta_loss_sum", 0.0)) / samples,
         "train_acc": (t.get("w_correct", 0.0) + t.get("theta_correct", 0.0)) / samples,

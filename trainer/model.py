@@ -3,12 +3,42 @@
 The architecture logits θ are one registered fp32 parameter of shape [cells, 3, K]
 (rows e1, e2a, e2b; K = 10 ops including zero, whatever `--ops` set the supernet is
 built from: ops outside the set are masked to α = 0), so they are in the state_dict and DDP
-sees them. Each forward computes α = softmax(θ) in fp32 once for all edges. The prune mask
-(α >= threshold) decides on the host which ops run, so it is cached: `train_step` refreshes
-it after every θ step (one device sync per θ step, none on w steps, in evaluation or in
-prediction), and a change of θ's version counter (`load_state_dict`, DDP's broadcast, an
-in-place edit under no_grad) invalidates it too. Fused optimisers and `.data` writes do not
-move the counter, hence the explicit refresh.
+sees them. Each forward computes α = softmax(θ) in fp32 once for all edges.
+
+Pruning (Sec. III: ops with α below the threshold, 1e-6, are omitted) has two halves:
+
+- the prune mask itself, α >= threshold, is computed on the device in every forward from
+  the α it weights with, and α is zeroed where it is False: a pruned op contributes
+  exactly 0 to its edge and gets no gradient, whatever changed θ (an optimiser, fused or
+  not, `load_state_dict`, an edit by hand), with no host sync;
+- which ops are launched at all (the compute the pruning saves) is a host list, a copy of
+  that mask. Copying makes the host wait for the device, so it is made only where the
+  host waits anyway: when the training loop reads a window of steps (`sync_prune_mask`,
+  every `--log-every` steps, at the same steps on every rank, so all ranks launch the same
+  ops), at the first forward, after `load_state_dict`, and on entering eval mode when θ
+  changed since the last copy (evaluation, FLOP counting, predict, export: exact, and one
+  copy however many batches follow). A θ step only marks the copy stale; code that sets θ
+  by hand in train mode calls `sync_prune_mask` (the shared-weight searches do).
+
+Between two reads the host list lags θ by the θ steps taken since the last one. An op
+pruned since then is still launched and weighted by 0: the network's output and
+gradients are exactly those without it; only the op's own state moves (its BatchNorm
+running statistics, and AdamW's decay and momentum on its zero gradient, for at most
+`--log-every` / 2 w steps), none of which reaches an output while it stays pruned (but
+an fp16 overflow in its output would: inf · 0 is NaN, and GradScaler skips that step). An op
+whose α climbed back over the threshold since the last read stays skipped until the next
+one (at most `--log-every` steps): the one approximation, and a small one. Its α was
+below the threshold at the read, and a θ step moves log α_k by at most twice the largest
+logit step, which Adam keeps to about lr (Kingma & Ba §2.1; at most 18 lr with θ's betas
+(0.5, 0.999)). After the n θ steps of a window, α_k < threshold · exp(2 lr n): at the
+paper's lr 3e-4 and --log-every 50 (25 θ steps), α_k < 1.02e-6 (1.32e-6 at worst), so the
+skipped term is about a millionth of its edge's output, what the pruning rule itself drops.
+And it is rare: it takes an op that fell to α < 1e-6 (among 10 ops, a logit ~11.6 below
+the rest: >= 38,000 θ steps at 3e-4) and then turns back. With a large `--lr-theta`
+(`auto` on a short search), a smaller `--log-every` keeps the bound tight.
+
+The forward reads no tensor on the host and nothing but Python attributes to choose the
+ops (the launch list: a guard under torch.compile, which recompiles only when it changes).
 """
 
 from __future__ import annotations
@@ -121,8 +151,12 @@ class BioAutoMLNAS(nn.Module):
         excluded = [name not in OP_SETS[cfg.ops] for name in OP_NAMES]
         theta_mask = torch.tensor([float("-inf") if x else 0.0 for x in excluded])
         self.register_buffer("theta_mask", theta_mask if any(excluded) else None, persistent=False)
-        self._mask_key: tuple[int, int, str] | None = None  # θ's (version, storage, device)
-        self._mask: list[list[list[bool]]] = []
+        # the host's copy of the prune mask: which ops forward launches (module docstring)
+        self._launch: list[list[list[bool]]] | None = None
+        self._launch_key: tuple[int, int, str] | None = None  # θ's (version, storage, device)
+        self._launch_stale = False  # θ moved in a way its version counter may not show
+        if self.theta is not None:
+            self.register_load_state_dict_post_hook(_forget_launch_list)
 
     def forward(
         self, images: Tensor, meta: Tensor | None = None, path: OpPath | None = None
@@ -162,10 +196,14 @@ class BioAutoMLNAS(nn.Module):
         return encoder.forward_head(features), tokens
 
     def _alphas_and_mask(self) -> tuple[Tensor, list[list[list[bool]]]]:
+        """α with the pruned ops' entries 0 (on the device), and the host's launch list."""
         # fp32 outside autocast: 1e-6 is subnormal in fp16 and the mask would be wrong.
         with torch.autocast(device_type=self.theta.device.type, enabled=False):
             alphas = self._softmax(self.theta.float())  # eq. (6)
-        return alphas, self.prune_mask()
+            alphas = torch.where(alphas >= self.cfg.prune_threshold, alphas, 0.0)
+        if self._launch is None:
+            self.sync_prune_mask()
+        return alphas, self._launch
 
     def _softmax(self, theta: Tensor) -> Tensor:
         """α = softmax(θ) over the ops of the set (the others get α = 0)."""
@@ -181,25 +219,44 @@ class BioAutoMLNAS(nn.Module):
                 alphas[i, j, OP_NAMES.index(op)] = 1.0
         return alphas.to(self.theta.device), alphas.bool().tolist()
 
-    def refresh_prune_mask(self) -> list[list[list[bool]]]:
-        """Recompute the mask now (after a θ step, whatever updated θ)."""
-        self._mask_key = None
-        return self.prune_mask()
+    @torch.no_grad()
+    def prune_mask(self) -> Tensor:
+        """[cells, 3, K] bool on θ's device: False where α < threshold (the op is pruned).
+        Reads nothing on the host."""
+        return self._softmax(self.theta.float()) >= self.cfg.prune_threshold
 
-    def prune_mask(self) -> list[list[list[bool]]]:
-        """[cells][edge][op]: False where α < threshold (the op is not computed).
+    def sync_prune_mask(self) -> list[list[list[bool]]]:
+        """The launch list ([cells][edge][op], False: not run) brought up to date: one
+        device -> host copy when θ changed since the last one, none otherwise. For points
+        where the host waits for the device anyway (the loop's window reads), and for
+        whoever sets θ by hand and wants the compute saving at once."""
+        if self.theta is None:
+            return []
+        if self._launch is None or self._launch_changed():
+            self._launch = self.prune_mask().tolist()  # the host waits for θ here
+            self._launch_key, self._launch_stale = self._theta_key(), False
+        return self._launch
 
-        Computed on θ's device and copied to the host only when θ changed since the last
-        call; a key of version counter, storage and device needs no sync to check.
-        """
-        theta = self.theta
-        key = (theta._version, theta.data_ptr(), str(theta.device))
-        if key != self._mask_key:
-            with torch.no_grad():
-                alphas = self._softmax(theta.detach().float())
-                self._mask = (alphas >= self.cfg.prune_threshold).cpu().tolist()  # one sync
-            self._mask_key = key
-        return self._mask
+    def mark_prune_mask_stale(self) -> None:
+        """θ changed (a θ step): the next `sync_prune_mask` copies. Needed because fused
+        optimisers and `.data` writes leave θ's version counter as it was."""
+        self._launch_stale = True
+
+    def train(self, mode: bool = True) -> BioAutoMLNAS:
+        """Entering eval mode drops a launch list θ has moved away from: evaluation, FLOP
+        counting, predict and export launch exactly the ops α keeps (one copy, at the
+        first forward)."""
+        super().train(mode)
+        if not mode and self.theta is not None and self._launch_changed():
+            self._launch = None
+        return self
+
+    def _launch_changed(self) -> bool:
+        return self._launch_stale or self._theta_key() != self._launch_key
+
+    def _theta_key(self) -> tuple[int, int, str]:
+        """Changes when θ is written in place or replaced; reading it needs no sync."""
+        return (self.theta._version, self.theta.data_ptr(), str(self.theta.device))
 
     def arch_parameters(self) -> list[nn.Parameter]:
         """θ (empty for a fixed genotype)."""
@@ -221,12 +278,12 @@ class BioAutoMLNAS(nn.Module):
         }
 
     def pruned_op_count(self) -> int:
-        """Non-zero ops of the set whose α is below the threshold, i.e. skipped in forward."""
+        """Non-zero ops of the set whose α is below the threshold, i.e. pruned (weighted 0,
+        and not launched once the launch list is synced)."""
         if self.theta is None:
             return 0
-        alphas = self._softmax(self.theta.detach().float())
         nonzero = [OP_NAMES.index(n) for n in OP_SETS[self.cfg.ops] if n != ZERO]
-        return int((alphas[..., nonzero] < self.cfg.prune_threshold).sum())
+        return int((~self.prune_mask()[..., nonzero]).sum())
 
     def genotype(self) -> Genotype:
         """The derived architecture: argmax α per edge (or the fixed net's own genotype)."""
@@ -279,6 +336,11 @@ def fixed_from_supernet(supernet: BioAutoMLNAS, genotype: Genotype | None = None
         raise ValueError(f"supernet lacks weights for {unexplained[:5]}")
     fixed.load_state_dict({k: source[k] for k in wanted if k in source}, strict=False)
     return fixed
+
+
+def _forget_launch_list(model: BioAutoMLNAS, _incompatible: Any) -> None:
+    """After `load_state_dict`: θ may be anything now; the next forward copies its mask."""
+    model._launch = None
 
 
 def _op_bn_affine(key: str, model: nn.Module) -> bool:

@@ -18,12 +18,21 @@ unscale_ and clip_grad_norm_ (tested on CPU), but not through DDP here: its redu
 ("Expected sparse gradient to be defined") when a step leaves a sparse table without a
 gradient, as every θ step does (w is frozen), and NCCL has no sparse all-reduce. So on
 several processes `auto` stays dense and `on` is refused.
+
+Fused Adam/AdamW (`fused_supported`): one kernel steps every tensor of a group, and
+GradScaler hands a fused optimiser its inf flag as a tensor (`found_inf`, which the kernel
+reads on the device) instead of calling `found_inf.item()` before the step, so a loss-scaled
+step never waits for the GPU. torch fuses only when asked; its CPU default is a per-tensor
+loop, and fused made a CPU w + θ step pair of a 5-cell C=16 supernet 1.05-1.08x as fast
+(benchmarks/bench_step_options.py), so it is fused there too. A checkpoint keeps the
+implementation flags of the optimiser that wrote it; loading keeps the loader's own
+(`_keep_own_implementation`), so fused and unfused runs resume each other's checkpoints.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
@@ -36,6 +45,11 @@ from bionas.trainer.config import SPARSE_EMBEDDINGS
 # at 16k rows, 39x at 64k, 540x at 324k), but below 2**16 rows the dense step is cheap (and
 # one fused kernel on a GPU), so such a table keeps the paper's AdamW with weight decay.
 AUTO_SPARSE_ROWS = 65_536
+# Devices with fused Adam/AdamW kernels (torch.utils._foreach_utils lists more)
+# that we use; elsewhere the optimisers keep torch's default implementation.
+FUSED_DEVICES = ("cuda", "cpu")
+# What selects an optimiser's implementation, not its maths (kept from the loader's own).
+IMPLEMENTATION_FLAGS = ("fused", "foreach", "capturable")
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +82,12 @@ class LazyRowsAdamW(torch.optim.Optimizer):
     """AdamW on the dense part of w and SparseAdam on the lazy tables, as one optimiser:
     a train step unscales, clips and steps `opts.w` as one, and a checkpoint stores both
     (`{"dense": ..., "sparse": ...}`). `param_groups` are the two optimisers' own, so a
-    change of lr reaches both."""
+    change of lr reaches both.
+
+    With a fused dense part it takes GradScaler's `found_inf` like a fused AdamW: the dense
+    step skips on the device. SparseAdam cannot skip on the device, so the sparse part
+    reads `found_inf` on the host: one sync per loss-scaled w step remains with lazy tables
+    (SparseAdam's coalescing of the row indices waits for the GPU anyway)."""
 
     def __init__(
         self,
@@ -76,11 +95,15 @@ class LazyRowsAdamW(torch.optim.Optimizer):
         sparse: list[nn.Parameter],
         lr: float,
         weight_decay: float,
+        *,
+        fused: bool = False,
     ) -> None:
-        self.dense = torch.optim.AdamW(dense, lr=lr, weight_decay=weight_decay)
+        self.dense = adam(torch.optim.AdamW, dense, fused, lr=lr, weight_decay=weight_decay)
         self.sparse = torch.optim.SparseAdam(sparse, lr=lr)
         super().__init__([*dense, *sparse], {"lr": lr})
         self.param_groups = [*self.dense.param_groups, *self.sparse.param_groups]
+        # GradScaler.step then sets `grad_scale` and `found_inf` on this optimiser
+        self._step_supports_amp_scaling = fused
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:  # type: ignore[override]
@@ -88,8 +111,19 @@ class LazyRowsAdamW(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        self.dense.step()
-        self.sparse.step()
+        grad_scale = getattr(self, "grad_scale", None)  # set unless unscale_ ran first
+        found_inf = getattr(self, "found_inf", None)
+        self.dense.grad_scale, self.dense.found_inf = grad_scale, found_inf
+        try:
+            self.dense.step()
+        finally:
+            del self.dense.grad_scale, self.dense.found_inf
+        if found_inf is None or not found_inf.item():  # the sparse part's host sync
+            if grad_scale is not None:
+                for p in self.sparse.param_groups[0]["params"]:
+                    if p.grad is not None:
+                        p.grad = p.grad / grad_scale
+            self.sparse.step()
         return loss
 
     def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
@@ -105,20 +139,56 @@ class LazyRowsAdamW(torch.optim.Optimizer):
         self.sparse.load_state_dict(state_dict["sparse"])
 
 
+def fused_supported(params: Iterable[torch.Tensor]) -> bool:
+    """Whether Adam/AdamW on these parameters can be fused (floating point, on a device
+    of FUSED_DEVICES): then it is (see the module docstring)."""
+    return all(p.is_floating_point() and p.device.type in FUSED_DEVICES for p in params)
+
+
+def adam(
+    kind: type[torch.optim.Optimizer], params: list[nn.Parameter], fused: bool, **hyper: Any
+) -> torch.optim.Optimizer:
+    """`kind` (Adam or AdamW) fused or with torch's default implementation (not
+    `fused=False`: that forces the per-tensor loop even where torch would use foreach),
+    restoring checkpoints from either."""
+    optimizer = kind(params, fused=True if fused else None, **hyper)
+    optimizer.register_load_state_dict_pre_hook(_keep_own_implementation)
+    return optimizer
+
+
+def _keep_own_implementation(
+    optimizer: torch.optim.Optimizer, state_dict: dict[str, Any]
+) -> dict[str, Any]:
+    """The checkpoint's param groups with this optimiser's implementation flags: torch's
+    load_state_dict adopts the saved groups whole, and a fused optimiser given
+    `fused: None` would still take GradScaler's `found_inf` but step without it."""
+    groups = [
+        {**saved, **{k: own[k] for k in IMPLEMENTATION_FLAGS if k in own}}
+        for saved, own in zip(state_dict["param_groups"], optimizer.param_groups, strict=False)
+    ]  # a count mismatch is load_state_dict's to report
+    return {**state_dict, "param_groups": groups}
+
+
 def build_w_optimizer(
-    model: nn.Module, lr: float, weight_decay: float, fields: tuple[str, ...]
+    model: nn.Module,
+    lr: float,
+    weight_decay: float,
+    fields: tuple[str, ...],
+    *,
+    fused: bool = False,
 ) -> torch.optim.Optimizer:
     """AdamW on `model.weight_parameters()`; with lazy `fields`, a `LazyRowsAdamW` whose
     sparse part holds those fields' tables (switched to sparse gradients here: the two
-    must agree, AdamW refuses a sparse gradient)."""
+    must agree, AdamW refuses a sparse gradient). `fused`: see `fused_supported`."""
     encoder = getattr(model, "metadata_encoder", None)
     lazy = encoder.use_sparse_gradients(fields) if encoder is not None else []
     if not lazy:
-        return torch.optim.AdamW(model.weight_parameters(), lr=lr, weight_decay=weight_decay)
+        params = model.weight_parameters()
+        return adam(torch.optim.AdamW, params, fused, lr=lr, weight_decay=weight_decay)
     ids = {id(p) for p in lazy}
     dense = [p for p in model.weight_parameters() if id(p) not in ids]
     log.info("embedding rows updated lazily (SparseAdam, no weight decay): %s", ", ".join(fields))
-    return LazyRowsAdamW(dense, lazy, lr, weight_decay)
+    return LazyRowsAdamW(dense, lazy, lr, weight_decay, fused=fused)
 
 
 def state_bytes(optimizer: torch.optim.Optimizer) -> int:

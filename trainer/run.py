@@ -150,6 +150,14 @@ def write_run_config(
     return path
 
 
+def update_run_config(run_dir: Path, train_config: Mapping[str, Any], **fields: Any) -> None:
+    """Rewrite config.json's options and top-level `fields` (a run that changed its batch
+    size mid-way: `bionas.trainer.rebatch`)."""
+    path = Path(run_dir) / CONFIG_NAME
+    body = json.loads(path.read_text())
+    _write_json(path, {**body, "train_config": dict(train_config), **fields})
+
+
 def _crop_options(dataset_dir: Path) -> dict[str, Any]:
     """Ingest's options that decide a sample image (size, crop margin, JPEG quality)."""
     try:

@@ -26,7 +26,14 @@ from torch import nn
 from bionas.errors import BionasError
 from bionas.manifests.manifest import Manifest, load_manifest
 from bionas.trainer.backbones import load_backbone_weights
-from bionas.trainer.batch_size import cap_gpu_memory, choose_batch_size, restoring_probe
+from bionas.trainer.batch_decode import resolve_decode
+from bionas.trainer.batch_size import (
+    MEMORY_MARGIN,
+    cap_gpu_memory,
+    choose_batch_size,
+    memory_budget,
+    restoring_probe,
+)
 from bionas.trainer.checkpoint import (
     TrainState,
     check_architecture,
@@ -49,9 +56,15 @@ from bionas.trainer.encoding import Encoding, load_encoding
 from bionas.trainer.genotype import Genotype, architecture_of
 from bionas.trainer.heldout import HeldOutShards, split_heldout
 from bionas.trainer.leakage import dataset_taxonomy, resolve_meta_fields
-from bionas.trainer.logs import start_logs, trim_logs
+from bionas.trainer.logs import EVENTS_LOG, start_logs, trim_logs
 from bionas.trainer.model import BioAutoMLNAS, ModelConfig, build_model
-from bionas.trainer.optimizers import build_w_optimizer, sparse_fields
+from bionas.trainer.optimizers import (
+    adam,
+    build_w_optimizer,
+    fused_supported,
+    sparse_fields,
+)
+from bionas.trainer.rebatch import change_batch_size
 from bionas.trainer.run import (
     CHECKPOINT,
     CONFIG_NAME,
@@ -60,6 +73,7 @@ from bionas.trainer.run import (
     run_encoding,
     write_run_config,
 )
+from bionas.trainer.step_options import StepOptions, apply_step_options, resolve_step_options
 from bionas.trainer.train_values import TRAIN_VALUES_NAME, restrict_to_train
 
 log = logging.getLogger(__name__)
@@ -84,6 +98,7 @@ class Session:
     # the train values): what a resume checks the dataset against
     dataset_vocab_sha256: dict[str, str] = field(default_factory=dict)
     lazy_fields: tuple[str, ...] = ()  # tables updated lazily (`--sparse-embeddings`)
+    step_options: StepOptions = StepOptions()  # --compile, --channels-last, fused, resolved
 
     @property
     def run_dir(self) -> Path:
@@ -112,20 +127,26 @@ def build_optimizers(
     amp: Amp,
     lr_theta: float | None = None,
     lazy_fields: tuple[str, ...] | None = None,
+    fused: bool | None = None,
 ) -> Optimizers:
     """AdamW on w (SparseAdam on lazily-updated embedding tables: `trainer.optimizers`);
     Adam (coupled L2, the paper's) or AdamW on θ with DARTS' betas (0.5, 0.999) by default
     (the paper gives none); one loss scaler each. `lr_theta`: θ's rate as resolved for the
     run (default: the config's, or the paper's for `auto`); `lazy_fields`: the tables
-    updated lazily (default: `--sparse-embeddings` resolved on one process)."""
+    updated lazily (default: `--sparse-embeddings` resolved on one process); `fused`:
+    fused Adam/AdamW (default: wherever the parameters' device has them)."""
     if lazy_fields is None:
         lazy_fields = lazy_fields_for(config, model, SINGLE)
-    w = build_w_optimizer(model, config.lr_w, config.weight_decay_w, lazy_fields)
+    if fused is None:
+        fused = fused_supported(model.parameters())
+    w = build_w_optimizer(model, config.lr_w, config.weight_decay_w, lazy_fields, fused=fused)
     theta = None
     if model.arch_parameters():
         kind = torch.optim.Adam if config.theta_optimizer == "adam" else torch.optim.AdamW
-        theta = kind(
+        theta = adam(
+            kind,
             model.arch_parameters(),
+            fused,
             lr=lr_theta or config.lr_theta or PAPER_LR_THETA,
             betas=config.theta_betas,
             weight_decay=config.weight_decay_theta,
@@ -181,8 +202,8 @@ def start_session(
         log.warning("--gpu-memory-gb caps CUDA memory; ignored on %s", device)
     samples = manifest.num_samples("train")
     lazy = lazy_fields_for(config, model, dist)
-    if payload is not None:
-        batch_size = int(payload["batch_size"])
+    if payload is not None:  # --resume --batch-size N goes on at N (trainer.rebatch)
+        batch_size = config.batch_size or int(payload["batch_size"])
     else:
         per_rank = samples // dist.world_size
         picked = _pick_batch_size(config, model, encoding, device, amp, per_rank, lazy)
@@ -209,8 +230,10 @@ def start_session(
         lr_theta=lr_theta,
         dataset_vocab_sha256=dataset_vocabs,
         lazy_fields=lazy,
+        step_options=resolve_step_options(config, model, device),
     )
     opts = build_optimizers(model, config, amp, lr_theta, lazy)
+    apply_step_options(model, session.step_options)  # after the probe, which runs eager
     # DDP copies rank 0's parameters and buffers to every rank when it is built: wrap
     # before restoring, which puts back each rank's own running statistics
     forward = data_parallel(model, dist)
@@ -317,9 +340,11 @@ def _start_or_restore(
     else:
         state = restore_checkpoint(payload, model, opts.stateful(), dist.rank, dist.world_size)
         if main:
-            trim_logs(session.run_dir, state.step, state.epoch, state.history)
+            trim_logs(session.run_dir, state.step, state.epoch, state.history, state.events)
         if state.arch is None and session.heldout:
             state.arch = StreamPosition()
+        if int(payload["batch_size"]) != session.batch_size:
+            _resume_at_batch_size(session, model, state, int(payload["batch_size"]))
         saved = saved_world_size(payload)
         if saved != dist.world_size:
             _seed_everything(rank_seed(session.config.seed, dist.rank, state.step))
@@ -343,12 +368,25 @@ def _start_or_restore(
                 "amp": session.amp.to_dict(),
                 "lr_theta": session.lr_theta,
                 "sparse_embedding_fields": list(session.lazy_fields),
+                "step_options": session.step_options.to_dict(),
                 "dataset_vocab_sha256": session.dataset_vocab_sha256,
                 "device": str(session.device),
+                "decode": resolve_decode(session.config.decode, session.device),
                 **({"heldout": session.heldout.to_dict()} if session.heldout else {}),
             },
         )
     return state
+
+
+def _resume_at_batch_size(
+    session: Session, model: BioAutoMLNAS, state: TrainState, saved: int
+) -> None:
+    """`--resume --batch-size N` on a run checkpointed at another size: the epoch goes on
+    from the same samples in batches of N, and events.jsonl says so (trainer.rebatch)."""
+    searching = bool(model.arch_parameters()) and state.epoch >= session.config.warmup_epochs
+    paired = bool(session.heldout) and searching
+    events = session.run_dir / EVENTS_LOG if session.dist.is_main else None
+    change_batch_size(state, saved, session.batch_size, "resume", paired=paired, events_log=events)
 
 
 def _seed_everything(seed: int) -> None:
@@ -382,11 +420,21 @@ def _pick_batch_size(
         for kind in ("w", "theta") if opts.theta is not None else ("w",):
             train_step(model, images, meta, labels, kind, opts, amp)
 
-    fits = None
+    fits, peaks, budget = None, {}, 0
     if config.batch_size is None and device.type == "cuda":
-        fits = restoring_probe(model, probe_step)
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        total = torch.cuda.get_device_properties(index).total_memory
+        budget = memory_budget(config.gpu_memory_gb, total)
+        fits = restoring_probe(model, probe_step, budget=budget, peaks=peaks, rng_devices=[index])
     batch_size = choose_batch_size(config.batch_size, device, fits, samples)
-    log.info("batch size %d", batch_size)
+    if batch_size in peaks:
+        log.info(
+            "batch size %d: its w + θ step peaked at %.2f GiB of a %.2f GiB budget "
+            "(%.0f%% kept free)", batch_size, peaks[batch_size] / 2**30, budget / 2**30,
+            100 * MEMORY_MARGIN,
+        )  # fmt: skip
+    else:
+        log.info("batch size %d", batch_size)
     return batch_size
 
 

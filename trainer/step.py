@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bionas.trainer.batch_size import is_out_of_memory
 from bionas.trainer.config import Amp
 from bionas.trainer.data import Batch
 from bionas.trainer.distributed import Dist
@@ -51,6 +52,22 @@ class StepResult:
     @property
     def grad_norm(self) -> float:
         return float(self.grad_norm_on_device)
+
+
+class StepOutOfMemory(torch.OutOfMemoryError):
+    """The device ran out of memory while a step computed its gradient (forward, loss,
+    backward, unscale, clip), before the optimiser step: w, θ, both optimisers and the loss
+    scales are as the last completed step left them, the gradients are dropped and a θ
+    step's BatchNorm statistics put back; only a w step's running statistics (an average
+    over batches, not a weight) may hold the failed forward's batch statistics. So the
+    step can be taken again, e.g. on smaller batches, once the scalers have forgotten the
+    unscale of the failed step (`bionas.trainer.rebatch.fresh_scaler`). An
+    out-of-memory error in the optimiser step itself propagates as it is: the update may
+    be half applied (Adam's step counts, moments, weights are updated one after another)."""
+
+    def __init__(self, kind: str, samples: int) -> None:
+        super().__init__(f"a {kind} step ran out of memory")
+        self.kind, self.samples = kind, samples
 
 
 def task_loss(logits: Tensor, labels: Tensor, label_smoothing: float = 0.1) -> Tensor:
@@ -84,18 +101,27 @@ def train_step(
     updated = {id(p) for p in params}
     for p in model.parameters():
         p.requires_grad_(id(p) in updated)
-    running_stats = save_buffers(model) if kind == "theta" else None
+    running_stats = None
     model.zero_grad(set_to_none=True)
-    with amp.autocast():
-        logits = (forward or model)(images, meta)
-        loss = task_loss(logits, labels, label_smoothing)
-    scaler.scale(loss).backward()
-    scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    try:  # the gradient: an out-of-memory error here leaves nothing to undo (StepOutOfMemory)
+        running_stats = save_buffers(model) if kind == "theta" else None
+        with amp.autocast():
+            logits = (forward or model)(images, meta)
+            loss = task_loss(logits, labels, label_smoothing)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    except RuntimeError as err:
+        if not is_out_of_memory(err):
+            raise
+        model.zero_grad(set_to_none=True)
+        if running_stats is not None:
+            restore_buffers(*running_stats)
+        raise StepOutOfMemory(kind, int(labels.shape[0])) from err
     scaler.step(optimizer)
     scaler.update()
     if kind == "theta":
-        model.refresh_prune_mask()  # θ changed: refresh here, not in the next forward
+        model.mark_prune_mask_stale()  # the host's copy follows at the next read
     if running_stats is not None:
         restore_buffers(*running_stats)
     return StepResult(

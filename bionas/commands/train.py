@@ -121,7 +121,9 @@ CONVERT = {
     "--batch-size",
     default="auto",
     show_default=True,
-    help="N, or auto: the largest of 32..512 whose train step fits the GPU (32 on CPU).",
+    help="N, or auto: the largest of 32..512 whose train step fits the GPU with a 10% margin "
+    "(32 on CPU). A step that runs out of memory halves it (not below 32) and the run goes "
+    "on. With --resume: the run's last size, or N from where it stopped.",
 )
 @click.option(
     "--gpu-memory-gb",
@@ -143,6 +145,18 @@ CONVERT = {
     default=4,
     show_default=True,
     help="DataLoader worker processes (resume with the same number).",
+)
+@click.option(
+    "--decode",
+    type=click.Choice(["auto", "cpu", "gpu"]),
+    default="auto",
+    show_default=True,
+    help="Where JPEGs are decoded: cpu: PIL in the --workers; gpu: the training process "
+    "decodes each batch with torchvision's decode_jpeg on the training device (nvJPEG on "
+    "CUDA; on CPU the same code, in one process), for when too few cores feed the GPU. "
+    "auto: cpu, on CUDA too until benchmarks/bench_decode.py on a GPU measures gpu "
+    "faster end to end. The two give slightly different pixels, so a run is not "
+    "bit-identical across a switch (allowed on --resume); config.json records the choice.",
 )
 @click.option(
     "--threads",
@@ -230,6 +244,28 @@ CONVERT = {
     "--amp-dtype",
     type=click.Choice(["fp16", "bf16"]),
     help="fp16 with loss scaling (CUDA default, the paper's) or bf16 (CPU --amp).",
+)
+@click.option(
+    "--compile",
+    type=click.Choice(["auto", "on", "off"]),
+    default="auto",
+    show_default=True,
+    help="torch.compile (inductor) the model's forward, for train steps and evaluation; "
+    "same losses within float rounding; the first step of each kind (w, θ, evaluation) "
+    "compiles (minutes on CPU). auto: off: on CPU the compile outweighs the faster "
+    "steps for all but runs of thousands of steps (benchmarks/bench_step_options.py), "
+    "and on CUDA it is unmeasured until benchmarks/bench_gpu.py times it. May change on "
+    "--resume; refused for --search other than darts (a new path every step).",
+)
+@click.option(
+    "--channels-last",
+    type=click.Choice(["auto", "on", "off"]),
+    default="auto",
+    show_default=True,
+    help="Model weights and input images in channels_last (NHWC) memory format; same "
+    "losses within float rounding. auto: on on CPU (a supernet step 1.26-1.36x as fast, "
+    "benchmarks/bench_step_options.py); off on CUDA until benchmarks/bench_gpu.py "
+    "measures it. May change on --resume.",
 )
 @click.option(
     "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
@@ -380,13 +416,15 @@ def command(ctx: click.Context, dataset_dir: Path, run_dir: Path, config_file: P
 
     Even batches update the weights (AdamW), odd batches the architecture logits θ
     (Adam), as in the paper's Algorithm 1. Every epoch writes RUN_DIR/checkpoints/last.pt
-    and model.pt; logs go to steps.jsonl, epochs.jsonl and alphas.jsonl.
+    and model.pt; logs go to steps.jsonl, epochs.jsonl and alphas.jsonl (events.jsonl: a
+    batch halved after running out of memory, or changed by --resume --batch-size N).
 
     \b
     Examples:
       bionas train ds/ --out run/
       bionas train ds/ --out run/ --epochs 30 --gpu-memory-gb 12
       bionas train ds/ --out run/ --resume              # after a crash or Ctrl-C
+      bionas train ds/ --out run/ --resume --batch-size 32   # go on in smaller batches
       bionas train ds/ --out small/ --device cpu --image-size 64 --batch-size 16 \\
              --cells 3 --channels 8 --max-steps 50
       bionas train ds/ --out run/ --retrain-epochs 20   # search, derive, final model

@@ -72,7 +72,7 @@ def reinforce_update(
     (-advantage * log_probability(model, path)).backward()
     optimizer.step()
     theta.requires_grad_(was)
-    model.refresh_prune_mask()  # θ changed
+    model.mark_prune_mask_stale()  # θ changed (no copy now: path forwards do not need it)
     return advantage
 
 

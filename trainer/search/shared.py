@@ -192,7 +192,7 @@ def run_search(
     dist: Dist = SINGLE,
 ) -> list[dict[str, Any]]:
     """Train the shared weights, search, and write the chosen genotype (module docstring)."""
-    from bionas.trainer.loop import _checkpoint, _stop, end_epoch, run_epoch  # it imports us
+    from bionas.trainer.loop import _checkpoint, _stop, end_epoch, train_epoch  # it imports us
     from bionas.trainer.search.policy import policy_probabilities, sample_policy
 
     if dist.enabled:
@@ -212,7 +212,9 @@ def run_search(
     board = TensorBoardLog.open(session.run_dir, step=state.step)  # as darts' loop does
     on_step = board.step_hook(on_step)
     while state.epoch < config.epochs and not _stop(session, state):
-        if run_epoch(session, model, forward, opts, state, False, None, on_step):
+        session, finished = train_epoch(session, model, forward, opts, state, False, None, on_step)
+        ctx.session = session  # a step that ran out of memory halved the batch
+        if finished:
             if strategy.after_epoch is not None:
                 strategy.after_epoch(ctx)
             record = end_epoch(session, model, opts, state, strategy.after_epoch is not None)
@@ -267,7 +269,7 @@ def select_path(model: BioAutoMLNAS, path: Path) -> None:
         for i, cell in enumerate(path):
             for j, op in enumerate(cell):
                 model.theta[i, j, OP_NAMES.index(op)] = SELECTED_LOGIT
-    model.refresh_prune_mask()
+    model.sync_prune_mask()
 
 
 def write_outcome(
