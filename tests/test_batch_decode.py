@@ -112,6 +112,22 @@ def test_a_truncated_jpeg_is_pils_to_judge_even_when_the_device_decoder_would_ta
     assert ok.shape == (3, 32, 32) and isinstance(truncated, OSError)
 
 
+@pytest.mark.parametrize("failing", ["the batch's call", "one image's call"])
+def test_running_out_of_device_memory_while_decoding_is_raised_not_taken_for_a_bad_jpeg(
+    monkeypatch, failing
+):
+    import bionas.trainer.batch_decode as batch_decode
+
+    def out_of_memory(jpegs, **options):
+        if failing == "one image's call" and isinstance(jpegs, list):
+            raise RuntimeError("Not a JPEG file")  # a bad image: decode one by one
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(batch_decode, "decode_jpeg", out_of_memory)
+    with pytest.raises(torch.OutOfMemoryError):  # not PIL's pixels on the host
+        decode_pixels(as_tensors([jpeg_of(photo(5))] * 2), 32, CPU)
+
+
 def write_samples(path: Path, images: list[bytes]) -> Path:
     rng = random.Random(0)
     samples = [

@@ -18,7 +18,7 @@ import bionas
 import bionas.shards
 import bionas.trainer
 from bionas.cli import main
-from bionas.trainer import loop
+from bionas.trainer import loop, step_guard
 from bionas.trainer.config import DEFAULT_LOG_EVERY, Amp, TrainConfig
 from bionas.trainer.logs import read_jsonl
 from bionas.trainer.model import ModelConfig, build_model
@@ -89,13 +89,13 @@ class HostReads:
         self.by_step: dict[int, Counter] = {}
         for name in READS:
             monkeypatch.setattr(torch.Tensor, name, self._counting(getattr(torch.Tensor, name)))
-        real_step = loop.train_step
+        real_step = step_guard.train_step
 
         def counted_step(*args, **kwargs):  # reads after step k's start belong to step k
             self.step += 1
             return real_step(*args, **kwargs)
 
-        monkeypatch.setattr(loop, "train_step", counted_step)
+        monkeypatch.setattr(step_guard, "train_step", counted_step)
 
     def _counting(self, read):
         def wrapper(tensor, *args, **kwargs):

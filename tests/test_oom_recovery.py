@@ -16,7 +16,7 @@ from datasets import make_tiny_dataset  # tests/datasets.py
 
 from bionas.cli import main
 from bionas.errors import BionasError
-from bionas.trainer import loop
+from bionas.trainer import loop, step_guard
 from bionas.trainer.batch_size import memory_budget, restoring_probe, search_batch_size
 from bionas.trainer.checkpoint import TrainState
 from bionas.trainer.config import Amp, TrainConfig
@@ -55,7 +55,7 @@ class Recorder:
     def __init__(self, monkeypatch, fail_at: int | None = None) -> None:
         self.batches: list[tuple[str, ...]] = []
         self.failed: list[int] = []  # indices into `batches`
-        forward, to_device = BioAutoMLNAS.forward, loop.to_device
+        forward, to_device = BioAutoMLNAS.forward, step_guard.to_device
 
         def recording_to_device(batch, device):
             if batch.keys[0] in TRAIN_KEYS:  # not validation's
@@ -68,7 +68,7 @@ class Recorder:
                 raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
             return forward(model, images, meta, *args, **kwargs)
 
-        monkeypatch.setattr(loop, "to_device", recording_to_device)
+        monkeypatch.setattr(step_guard, "to_device", recording_to_device)
         monkeypatch.setattr(BioAutoMLNAS, "forward", failing_forward)
 
     def trained(self) -> Counter:
@@ -161,7 +161,7 @@ def test_out_of_memory_inside_the_optimiser_step_stops_and_names_a_resume(
     def update_ran_out(*args, **kwargs):  # what train_step lets through from its update
         raise torch.OutOfMemoryError("CUDA out of memory (in the optimiser step)")
 
-    monkeypatch.setattr(loop, "train_step", update_ran_out)
+    monkeypatch.setattr(step_guard, "train_step", update_ran_out)
     with pytest.raises(BionasError, match=r"half applied.*--resume --batch-size 32"):
         loop.train(config_for(dataset, tmp_path))
 
@@ -173,7 +173,7 @@ def test_out_of_memory_on_several_ranks_stops_and_names_a_resume(dataset, tmp_pa
     batch = next(iter(loop._loader(session, spec)))
     rank_1 = replace(session, dist=Dist(rank=1, world_size=2))  # no collective is reached
     with pytest.raises(BionasError, match=r"rank 1 .*--resume --batch-size 32"):
-        loop._try_step(rank_1, model, forward, opts, batch, "w")
+        step_guard.try_step(rank_1, model, forward, opts, batch, "w")
 
 
 # --- the step itself ---------------------------------------------------------------
@@ -345,6 +345,20 @@ def test_the_margin_keeps_a_tenth_of_the_memory_budget_free():
     assert peaks[88] == 88 * 2**20 and peaks[96] == 96 * 2**20
 
 
+def test_the_smallest_batch_is_taken_when_its_step_runs_though_inside_the_margin(caplog):
+    budget, sizes = 100 * 2**20, []
+
+    def measure(run):  # every size peaks at 95 MiB: runs, but inside the 10 MiB margin
+        run()
+        return 95 * 2**20
+
+    fits = restoring_probe(supernet(), sizes.append, budget=budget, measure=measure)
+    with caplog.at_level(logging.WARNING):
+        assert search_batch_size(fits) == 32  # recovery goes no lower: 32 is the run's
+    assert sizes == [32, 64, 48, 40]  # above 32 the margin still holds
+    assert "batch size 32 peaks at 0.09 GiB, within the 10 % margin" in caplog.text
+
+
 def test_probing_draws_nothing_from_the_runs_random_streams():
     model = supernet()
     drawn = []
@@ -370,7 +384,7 @@ def test_running_out_of_memory_for_the_batchs_copy_to_the_device_halves_the_batc
 ):
     config = config_for(dataset, tmp_path)
     recorder = Recorder(monkeypatch)
-    recording = loop.to_device
+    recording = step_guard.to_device
     failed = []
 
     def failing_copy(batch, device):
@@ -379,7 +393,7 @@ def test_running_out_of_memory_for_the_batchs_copy_to_the_device_halves_the_batc
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 64.00 MiB")
         return recording(batch, device)
 
-    monkeypatch.setattr(loop, "to_device", failing_copy)
+    monkeypatch.setattr(step_guard, "to_device", failing_copy)
     (epoch,) = loop.train(config)
 
     assert failed and recorder.trained() == Counter(TRAIN_KEYS)  # the failed copy's batch too
@@ -387,3 +401,73 @@ def test_running_out_of_memory_for_the_batchs_copy_to_the_device_halves_the_batc
     assert [s["samples"] for s in steps] == [64, 64, 32, 32, 32, 32]
     (event,) = read_jsonl(config.run_dir / "events.jsonl")
     assert (event["reason"], event["from"], event["to"]) == ("out_of_memory", 64, 32)
+
+
+def test_validation_that_runs_out_of_memory_validates_again_in_smaller_batches(
+    dataset, tmp_path, monkeypatch, caplog
+):
+    forward, failures = BioAutoMLNAS.forward, []
+
+    def failing_eval_forward(model, images, *args, **kwargs):
+        if not model.training and images.shape[0] > 4:  # validation fits only 4 at a time
+            failures.append(images.shape[0])
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return forward(model, images, *args, **kwargs)
+
+    monkeypatch.setattr(BioAutoMLNAS, "forward", failing_eval_forward)
+    config = config_for(dataset, tmp_path)
+    with caplog.at_level(logging.WARNING):
+        (epoch,) = loop.train(config)
+
+    assert failures == [8, 8, 8, 8]  # the 8 val samples in one batch at 64, 32, 16 and 8
+    assert epoch["val_samples"] == 8 and epoch["val_loss"] is not None
+    assert checkpoint_of(config)["state"]["step"] == epoch["step"]  # the epoch is kept
+    assert "validation ran out of memory at batch size 64" in caplog.text
+
+
+def test_decoding_a_batch_on_the_device_that_runs_out_of_memory_halves_the_batch(
+    dataset, tmp_path, monkeypatch
+):
+    from bionas.trainer import batch_decode
+
+    fit, calls = batch_decode.fit, []
+
+    def failing_fit(image, size):  # `--decode gpu` resizes each image on the device
+        calls.append(1)
+        if len(calls) == 64 * 2 + 1:  # in the third batch
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return fit(image, size)
+
+    monkeypatch.setattr(batch_decode, "fit", failing_fit)
+    config = config_for(dataset, tmp_path, decode="gpu")
+    (epoch,) = loop.train(config)
+
+    steps = read_jsonl(config.run_dir / "steps.jsonl")
+    assert [s["samples"] for s in steps] == [64, 64, 32, 32, 32, 32]
+    (event,) = read_jsonl(config.run_dir / "events.jsonl")
+    assert (event["reason"], event["step"], event["from"], event["to"]) == (
+        "out_of_memory", 2, 64, 32,
+    )  # fmt: skip
+
+
+def test_validation_that_runs_out_even_one_by_one_keeps_the_epoch_for_a_resume(
+    dataset, tmp_path, monkeypatch
+):
+    forward = BioAutoMLNAS.forward
+
+    def eval_always_out_of_memory(model, *args, **kwargs):
+        if not model.training:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return forward(model, *args, **kwargs)
+
+    monkeypatch.setattr(BioAutoMLNAS, "forward", eval_always_out_of_memory)
+    config = config_for(dataset, tmp_path)
+    with pytest.raises(BionasError, match=r"even at batch size 1 .*--resume"):
+        loop.train(config)
+    saved = checkpoint_of(config)["state"]
+    assert (saved["step"], saved["epoch"]) == (4, 0)  # the epoch's 4 steps, not yet closed
+
+    monkeypatch.setattr(BioAutoMLNAS, "forward", forward)
+    (epoch,) = loop.train(replace(config, resume=True))  # validates the epoch, trains no more
+    assert (epoch["step"], epoch["val_samples"]) == (4, 8)
+    assert len(read_jsonl(config.run_dir / "steps.jsonl")) == 4

@@ -13,7 +13,7 @@ import pytest
 import torch
 from datasets import make_tiny_dataset  # tests/datasets.py
 
-from bionas.trainer import loop
+from bionas.trainer import loop, step_guard
 from bionas.trainer.config import Amp, TrainConfig
 from bionas.trainer.model import ModelConfig, build_model
 from bionas.trainer.ops import OP_NAMES
@@ -228,7 +228,7 @@ class MaskCopies:
     def __init__(self, monkeypatch):
         self.step = 0
         self.by_step: Counter = Counter()
-        original, real_step = torch.Tensor.tolist, loop.train_step
+        original, real_step = torch.Tensor.tolist, step_guard.train_step
 
         def tolist(tensor):
             if Path(sys._getframe(1).f_code.co_filename).name == "model.py":
@@ -240,7 +240,7 @@ class MaskCopies:
             return real_step(*args, **kwargs)
 
         monkeypatch.setattr(torch.Tensor, "tolist", tolist)
-        monkeypatch.setattr(loop, "train_step", counted_step)
+        monkeypatch.setattr(step_guard, "train_step", counted_step)
 
 
 @pytest.mark.usefixtures("torch_single_thread")

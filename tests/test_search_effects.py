@@ -30,6 +30,7 @@ from datasets import make_tiny_dataset  # tests/datasets.py
 from torch import Tensor, nn
 
 import bionas.trainer.loop as loop
+import bionas.trainer.step_guard as step_guard
 from bionas.cli import main
 from bionas.trainer.config import TrainConfig
 from bionas.trainer.logs import read_jsonl
@@ -73,7 +74,7 @@ class StepCall:
 def recording_steps() -> Iterator[list[StepCall]]:
     """Record every step the loop takes (the step itself runs unchanged)."""
     calls: list[StepCall] = []
-    real = loop.train_step
+    real = step_guard.train_step
 
     def record(model, images, meta, labels, *args, **kwargs):
         batch = (images.clone(), meta.clone(), labels.clone())
@@ -81,7 +82,7 @@ def recording_steps() -> Iterator[list[StepCall]]:
         return real(model, images, meta, labels, *args, **kwargs)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(loop, "train_step", record)
+        patch.setattr(step_guard, "train_step", record)
         yield calls
 
 

@@ -34,6 +34,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from bionas.errors import BionasError
 from bionas.shards.format import IMAGE_FORMATS
 from bionas.shards.reader import CorruptDataError
+from bionas.trainer.batch_size import is_out_of_memory
 from bionas.trainer.transforms import DECODE_ERRORS, decode_image
 
 if TYPE_CHECKING:
@@ -130,19 +131,26 @@ def decode_pixels(
 
 
 def _decode_jpegs(jpegs: list[Tensor], device: torch.device) -> list[Tensor | None]:
-    """decode_jpeg's full-size RGB images, None where it fails."""
+    """decode_jpeg's full-size RGB images, None where it fails. Running out of device
+    memory is no verdict on a JPEG: it propagates (the loop halves the batch), where
+    catching it would send every image of the batch to PIL on the host."""
     if not jpegs:
         return []
     try:
         return decode_jpeg(jpegs, mode=ImageReadMode.RGB, device=device)
-    except RuntimeError:  # one bad JPEG fails the whole call: go one by one
+    except RuntimeError as err:
+        if is_out_of_memory(err):
+            raise
+        # one bad JPEG fails the whole call: go one by one
         return [_decode_jpeg_or_none(jpeg, device) for jpeg in jpegs]
 
 
 def _decode_jpeg_or_none(jpeg: Tensor, device: torch.device) -> Tensor | None:
     try:
         return decode_jpeg(jpeg, mode=ImageReadMode.RGB, device=device)
-    except RuntimeError:
+    except RuntimeError as err:
+        if is_out_of_memory(err):
+            raise
         return None  # PIL decides, as it would in a worker
 
 

@@ -4,8 +4,8 @@ The search is a pure function of a probe `fits(batch_size) -> bool`, so it is te
 CPU with fake probes; on CUDA the probe runs a real w step and a real θ step at full size
 (forward, backward, optimiser step, so optimiser state and both update kinds count) on
 forked RNGs, maps `torch.OutOfMemoryError`, or a peak allocation above (1 - MEMORY_MARGIN)
-of the memory budget, to False, then restores the model. A step that runs out of memory
-later, mid-training, halves the batch (`bionas.trainer.rebatch`).
+of the memory budget at a size above MIN_BATCH, to False, then restores the model. A step
+that runs out of memory later, mid-training, halves the batch (`bionas.trainer.rebatch`).
 
 Scheme: double from 32 while the step fits (32, 64, 128, 256, 512); after the first
 failure, binary-search the gap on multiples of 8. Given a monotone probe the result is the
@@ -37,6 +37,8 @@ CPU_DEFAULT_BATCH = 32  # --batch-size auto on CPU: no memory to probe, a sane d
 # but cannot reuse is not in the allocated peak), and DDP adds gradient buckets the
 # unwrapped probe model has none of. 10 % of an RTX 3060's 12 GiB is 1.2 GiB, and costs
 # at most a tenth of the batch; a step that still runs out halves it (trainer.rebatch).
+# MIN_BATCH itself is taken whenever its step runs (with a warning inside the margin): no
+# smaller size is searched, and out-of-memory recovery halves no further either.
 MEMORY_MARGIN = 0.10
 
 
@@ -50,7 +52,7 @@ def search_batch_size(
     low = min(low, high)
     if not fits(low):
         raise BionasError(
-            f"a train step with batch size {low} does not fit in the memory budget; "
+            f"a train step with batch size {low} does not fit: it runs out of memory; "
             "lower --image-size, --channels or --cells, use --dilated separable, "
             "raise --gpu-memory-gb, or pass a smaller --batch-size"
         )
@@ -89,7 +91,8 @@ def restoring_probe(
 
     A size fits when the step does not run out of memory and, given a `budget` (bytes),
     when `measure` (default `cuda_peak_bytes`: runs the step, returns its peak allocation)
-    reads at most (1 - margin) of it; each reading goes into `peaks`. The step runs on
+    reads at most (1 - margin) of it, or at most all of it at MIN_BATCH or below
+    (`_within_budget`); each reading goes into `peaks`. The step runs on
     forked RNGs (CPU and the CUDA `rng_devices`), so probing draws nothing from the run's
     streams: dropout does not depend on how many sizes were tried."""
     saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -112,7 +115,7 @@ def restoring_probe(
         model.zero_grad(set_to_none=True)
         model.load_state_dict(saved)
         release_cached_memory()
-        within = peak is None or peak <= (1 - margin) * budget
+        within = peak is None or _within_budget(batch_size, peak, budget, margin)
         if peak is not None and peaks is not None:
             peaks[batch_size] = peak
         log.info(
@@ -123,6 +126,22 @@ def restoring_probe(
         return within and not out_of_memory
 
     return fits
+
+
+def _within_budget(batch_size: int, peak: int, budget: int, margin: float) -> bool:
+    """Whether a step's `peak` leaves `margin` of the `budget` free; at MIN_BATCH or below,
+    the smallest size a run trains at, whether it stays within the budget at all (refusing
+    a step that ran would refuse a run that the old probe, without a margin, trained)."""
+    if peak <= (1 - margin) * budget:
+        return True
+    if batch_size > MIN_BATCH:
+        return False
+    log.warning(
+        "batch size %d peaks at %.2f GiB, within the %.0f %% margin of the %.2f GiB budget: "
+        "the smallest size a run trains at, so it is taken, but a later step may run out",
+        batch_size, peak / 2**30, margin * 100, budget / 2**30,
+    )  # fmt: skip
+    return peak <= budget
 
 
 def cuda_peak_bytes(run: Callable[[], None]) -> int:

@@ -2,9 +2,11 @@
 
     train()          setup (bionas.trainer.session) -> epochs -> final checkpoint, model
     run_epoch()      batches -> one step each -> a window of steps read -> logs -> checkpoints
-                     (train_epoch: out of memory -> half the batch, bionas.trainer.rebatch)
+                     (train_epoch: out of memory -> half the batch, bionas.trainer.rebatch;
+                     the step and the batch fetch that catch it: bionas.trainer.step_guard)
     end_epoch()      validation -> collapse monitors -> history -> checkpoint
     train_step()     one w step or one θ step (bionas.trainer.step)
+    records          steps.jsonl lines, epoch totals and records (bionas.trainer.records)
 
 Algorithm 1: an even batch (index within the epoch) updates the weights w with AdamW
 (lr 1e-3, wd 1e-4) while θ is frozen; an odd batch updates θ with Adam (lr 3e-4, wd
@@ -44,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from bionas.errors import BionasError
 from bionas.shards.atomic import Locked, exclusive_lock
@@ -59,7 +61,6 @@ from bionas.trainer.checkpoint import (
 )
 from bionas.trainer.config import TrainConfig
 from bionas.trainer.data import (
-    SKIP_REASONS,
     Batch,
     BatchStream,
     StreamPosition,
@@ -75,7 +76,6 @@ from bionas.trainer.genotype import architecture_of
 from bionas.trainer.logs import (
     ALPHAS_LOG,
     EPOCHS_LOG,
-    STEPS_LOG,
     alpha_record,
     append_jsonl,
     collapse_monitors,
@@ -83,18 +83,12 @@ from bionas.trainer.logs import (
     progress_bar,
 )
 from bionas.trainer.model import BioAutoMLNAS
-from bionas.trainer.rebatch import halve_batch, resume_smaller
+from bionas.trainer.rebatch import halve_batch
+from bionas.trainer.records import epoch_record, log_window, skipped_over_ranks, step_header
 from bionas.trainer.run import CHECKPOINT, save_model
 from bionas.trainer.session import Optimizers, Session, start_session
-from bionas.trainer.step import (
-    StepOutOfMemory,
-    StepResult,
-    StepValues,
-    StepWindow,
-    task_loss,
-    to_device,
-    train_step,
-)
+from bionas.trainer.step import StepOutOfMemory, StepWindow, task_loss, to_device
+from bionas.trainer.step_guard import next_batch, try_step
 from bionas.trainer.tensorboard_log import TensorBoardLog
 
 log = logging.getLogger(__name__)
@@ -274,14 +268,15 @@ def run_epoch(
         started = time.perf_counter()
         kind = "theta" if searching and state.batch % 2 == 1 else "w"
         from_arch = kind == "theta" and arch_batches is not None
-        batch = next(arch_batches if from_arch else main_batches_iter)
-        result = _try_step(session, model, forward, opts, batch, kind)
+        batch = next_batch(session, arch_batches if from_arch else main_batches_iter, kind)
+        result = None if batch is None else try_step(session, model, forward, opts, batch, kind)
         if result is None:  # the steps before it are logged; _train goes on at half the batch
-            records = _log_window(session, state, window, bar) if len(window) else []
+            records = log_window(session, state, window, bar) if len(window) else []
+            model.sync_prune_mask()  # as at every read: a resume launches the same ops
             for record in records if on_step is not None else ():
                 on_step(record)
             bar.close()
-            raise StepOutOfMemory(kind, len(batch))
+            raise StepOutOfMemory(kind, session.batch_size)
         # only now: the samples of a step that failed are read again (bionas.trainer.rebatch)
         (state.arch if from_arch else state.main).advance(batch)
         if kind == "theta":
@@ -289,13 +284,13 @@ def run_epoch(
         state.batch += 1
         state.step += 1
         optimizer = opts.w if kind == "w" else opts.theta
-        window.add(_step_header(state, kind, optimizer), result, entropy, started)
+        window.add(step_header(state, kind, optimizer), result, entropy, started)
         bar.update()
         checkpoint = bool(cfg.checkpoint_every) and state.step % cfg.checkpoint_every == 0
         last = state.batch == steps or _stop(session, state)
         # read before a checkpoint too: it holds the totals of every step before it
         if checkpoint or last or state.step % cfg.log_every == 0:
-            records = _log_window(session, state, window, bar)
+            records = log_window(session, state, window, bar)
             model.sync_prune_mask()  # the host just waited: stop launching what θ pruned
             if checkpoint:
                 _checkpoint(session, model, opts, state)
@@ -305,107 +300,16 @@ def run_epoch(
     return True
 
 
-def _try_step(
-    session: Session,
-    model: BioAutoMLNAS,
-    forward: nn.Module,
-    opts: Optimizers,
-    batch: Batch,
-    kind: str,
-) -> StepResult | None:
-    """`train_step` on `batch`; None when it ran out of memory before its optimiser step
-    (its tensors are gone once this returns). Out of memory inside the optimiser step, or
-    on several ranks, stops the run with what to do (`bionas.trainer.rebatch`)."""
-    cfg = session.config
-    try:
-        images, meta, labels = _to_device(batch, session.device, kind)
-        return train_step(
-            model, images, meta, labels, kind, opts, session.amp,
-            grad_clip=cfg.grad_clip, label_smoothing=cfg.label_smoothing, forward=forward,
-        )  # fmt: skip
-    except StepOutOfMemory as err:
-        if session.dist.enabled:  # no collective from here: the other ranks wait in one
-            why = f"rank {session.dist.rank} cannot shrink its batch while the others wait"
-            raise resume_smaller(str(err), len(batch), why) from None
-    except RuntimeError as err:
-        if not is_out_of_memory(err):
-            raise
-        what = f"a {kind} step ran out of memory inside its optimiser step"
-        why = "its update may be half applied, so the run stops rather than go on from it"
-        raise resume_smaller(what, len(batch), why) from None
-    return None
-
-
-def _to_device(batch: Batch, device: torch.device, kind: str) -> tuple[Tensor, Tensor, Tensor]:
-    """`to_device`; running out of memory for the copy is a `StepOutOfMemory` (nothing
-    has changed yet: the step can be taken again on smaller batches)."""
-    try:
-        return to_device(batch, device)
-    except RuntimeError as err:
-        if not is_out_of_memory(err):
-            raise
-    raise StepOutOfMemory(kind, len(batch))
-
-
-def _log_window(
-    session: Session, state: TrainState, window: StepWindow, bar: Any
-) -> list[dict[str, Any]]:
-    """Read the window's steps (one host sync), add them to the epoch's totals, append
-    their lines to steps.jsonl and show the last one on the progress bar; their records."""
-    records = []
-    for header, values in window.read(session.dist):
-        _accumulate(state.totals, header["kind"], values)
-        records.append(_step_record(header, values))
-    if session.dist.is_main:
-        append_jsonl(session.run_dir / STEPS_LOG, *records)
-    last = records[-1]
-    bar.set_postfix(loss=f"{last['loss']:.3f}", img_s=f"{last['img_per_s']:.0f}")
-    return records
-
-
-def _accumulate(totals: dict[str, float], kind: str, values: StepValues) -> None:
-    for key, value in (
-        (f"{kind}_loss_sum", values.loss * values.samples),
-        (f"{kind}_correct", values.correct),
-        (f"{kind}_samples", values.samples),
-        ("seconds", values.seconds),
-    ):
-        totals[key] = totals.get(key, 0.0) + value
-
-
-def _step_header(state: TrainState, kind: str, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """The fields of a step's record the host knows when the step is queued."""
-    return {
-        "epoch": state.epoch + 1,
-        "batch": state.batch - 1,
-        "step": state.step,
-        "kind": kind,
-        "lr": optimizer.param_groups[0]["lr"],
-    }
-
-
-def _step_record(header: dict[str, Any], values: StepValues) -> dict[str, Any]:
-    return {
-        **header,
-        "loss": values.loss,
-        "acc": values.correct / values.samples,
-        "grad_norm": values.grad_norm,
-        "samples": values.samples,  # of all ranks
-        "img_per_s": values.samples / values.seconds,
-        "alpha_entropy": values.alpha_entropy,
-    }
-
-
 def end_epoch(
     session: Session, model: BioAutoMLNAS, opts: Optimizers, state: TrainState, searching: bool
 ) -> dict[str, Any]:
     """Validate, record the epoch (logs + history), then checkpoint and save the model."""
     dist = session.dist
     dist.average_buffers(model)  # one set of running statistics to validate and save
-    val = evaluate(model, session) if session.val_shards else {}
+    val = _validate(session, model, opts, state)
     model.train()
     alphas = model.alphas()
-    record = _epoch_record(state, searching, opts, val, _skipped(state.main, dist))
+    record = epoch_record(state, searching, opts, val, skipped_over_ranks(state.main, dist))
     record.update(collapse_monitors(alphas, model.pruned_op_count()))
     state.history.append(record)
     if dist.is_main:
@@ -427,56 +331,53 @@ def end_epoch(
     return record
 
 
-def _skipped(position: StreamPosition, dist: Dist) -> dict[str, int]:
-    """Samples this epoch's stream skipped, by reason, over all ranks."""
-    skipped = position.skipped()
-    if not dist.enabled:
-        return skipped
-    reasons = list(SKIP_REASONS)  # the same on all ranks
-    totals = dist.sum([skipped.get(k, 0) for k in reasons])
-    return {k: int(v) for k, v in zip(reasons, totals, strict=True)}
-
-
-def _epoch_record(
-    state: TrainState,
-    searching: bool,
-    opts: Optimizers,
-    val: dict[str, Any],
-    skipped: dict[str, int],
+def _validate(
+    session: Session, model: BioAutoMLNAS, opts: Optimizers, state: TrainState
 ) -> dict[str, Any]:
-    t = state.totals
-
-    def ratio(a: str, b: str) -> float | None:
-        return t[a] / t[b] if t.get(b) else None
-
-    samples = t.get("w_samples", 0.0) + t.get("theta_samples", 0.0)
-    return {
-        "epoch": state.epoch + 1,
-        "step": state.step,
-        "steps": state.step - (state.history[-1]["step"] if state.history else 0),  # taken
-        "searching": searching,
-        "train_loss": (t.get("w_loss_sum", 0.0) + t.get("theta_loss_sum", 0.0)) / samples,
-        "train_acc": (t.get("w_correct", 0.0) + t.get("theta_correct", 0.0)) / samples,
-        "w_loss": ratio("w_loss_sum", "w_samples"),
-        "w_acc": ratio("w_correct", "w_samples"),
-        "theta_loss": ratio("theta_loss_sum", "theta_samples"),
-        "theta_acc": ratio("theta_correct", "theta_samples"),
-        "lr_w": opts.w.param_groups[0]["lr"],
-        "lr_theta": None if opts.theta is None else opts.theta.param_groups[0]["lr"],
-        "seconds": t.get("seconds", 0.0),
-        "img_per_s": samples / t["seconds"] if t.get("seconds") else None,
-        "skipped": skipped,
-        **val,
-    }
+    """`evaluate` at the end of an epoch; when it runs out of memory even one sample at a
+    time, the epoch's training is checkpointed first (on one process: several would wait
+    for the failed rank) and the run stops, saying so: `--resume` validates again."""
+    if not session.val_shards:
+        return {}
+    try:
+        return evaluate(model, session)
+    except RuntimeError as err:
+        if not is_out_of_memory(err):
+            raise
+    if not session.dist.enabled:
+        _checkpoint(session, model, opts, state)
+    raise BionasError(
+        f"validation ran out of memory even at batch size 1 (epoch {state.epoch + 1}); "
+        "its training is in the checkpoint: free the device's memory (or lower --image-size) "
+        "and go on with --resume, which validates the epoch again"
+    )
 
 
-@torch.no_grad()
 def evaluate(model: nn.Module, session: Session) -> dict[str, Any]:
     """Loss (same criterion as training) and accuracy on the whole validation split (each
     rank on its share, then summed: no collective inside the loop, whose length differs
-    between ranks)."""
+    between ranks). Validation keeps no state, so running out of memory (new shapes, cuDNN
+    workspaces the train step's probe never saw) is answered by validating again at half
+    the batch, on this rank alone, rather than losing the epoch."""
+    batch_size = session.batch_size
+    while True:
+        try:
+            return _evaluate(model, session, batch_size)
+        except RuntimeError as err:
+            if not is_out_of_memory(err) or batch_size == 1:
+                raise
+        release_cached_memory()  # the failed batch's tensors went with the except block
+        log.warning(
+            "validation ran out of memory at batch size %d; validating again at %d",
+            batch_size, max(1, batch_size // 2),
+        )  # fmt: skip
+        batch_size = max(1, batch_size // 2)
+
+
+@torch.no_grad()
+def _evaluate(model: nn.Module, session: Session, batch_size: int) -> dict[str, Any]:
     model.eval()
-    loader = _loader(session, val_spec(session.config, session.val_shards, session.batch_size))
+    loader = _loader(session, val_spec(session.config, session.val_shards, batch_size))
     loss_sum, correct, samples = 0.0, 0, 0
     read = StreamPosition()  # what each worker skipped: its last batch's counts
     for batch in loader:
@@ -489,7 +390,7 @@ def evaluate(model: nn.Module, session: Session) -> dict[str, Any]:
         samples += len(batch)
     loss_sum, correct, samples = session.dist.sum([loss_sum, correct, samples])
     correct, samples = int(correct), int(samples)
-    skipped = {"val_skipped": _skipped(read, session.dist)}
+    skipped = {"val_skipped": skipped_over_ranks(read, session.dist)}
     if samples == 0:
         return {"val_loss": None, "val_acc": None, "val_samples": 0, **skipped}
     return {

@@ -23,6 +23,13 @@ dropped remainder does). The rest of the epoch is then what an epoch at the new 
 left, and the progress bar, the steps left and the w/θ alternation follow from that index:
 interleaved, the index after a halving is even, so a w step comes next (after a failed θ
 step too); held out, a pending θ step stays pending.
+
+This is exact with at most one DataLoader worker. With W workers an epoch is a count of
+batches, batch i from worker i % W, each worker reading its own whole shards as an endless
+stream (`bionas.trainer.data`): a worker whose shards hold fewer samples than its share
+wraps into its next pass, as in any epoch. A change of size keeps each worker's cursor but
+deals the rest of the epoch out round-robin at the new size, so a worker can read up to
+one batch more or less than its shards' remainder (tests: exactly once with 0 workers).
 """
 
 from __future__ import annotations

@@ -73,7 +73,12 @@ from bionas.trainer.run import (
     run_encoding,
     write_run_config,
 )
-from bionas.trainer.step_options import StepOptions, apply_step_options, resolve_step_options
+from bionas.trainer.step_options import (
+    StepOptions,
+    apply_step_options,
+    match_state_layouts,
+    resolve_step_options,
+)
 from bionas.trainer.train_values import TRAIN_VALUES_NAME, restrict_to_train
 
 log = logging.getLogger(__name__)
@@ -339,6 +344,7 @@ def _start_or_restore(
             _seed_everything(rank_seed(session.config.seed, dist.rank, 0))
     else:
         state = restore_checkpoint(payload, model, opts.stateful(), dist.rank, dist.world_size)
+        match_state_layouts(opts.w, opts.theta)  # the checkpoint's may be the other layout
         if main:
             trim_logs(session.run_dir, state.step, state.epoch, state.history, state.events)
         if state.arch is None and session.heldout:

@@ -7,8 +7,9 @@
 
 None of them changes the maths beyond float rounding (tests/test_compile_step.py and
 tests/test_channels_last.py compare losses and parameters with the eager, contiguous
-step), so both options may change on --resume, and what `auto` resolved to is recorded
-in config.json (`step_options`).
+step), so both options may change on --resume (`match_state_layouts` then lays the
+restored optimiser state out like the parameters), and what `auto` resolved to is
+recorded in config.json (`step_options`).
 
 `auto` follows measurements (benchmarks/bench_step_options.py: one process, same model
 and batch; CPU: 2 shared cores, torch 1 thread, fp32; a 5-cell C=16 supernet at 64 px,
@@ -40,6 +41,7 @@ eager and warns: a long search that prunes ops at several reads gets there.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -47,7 +49,7 @@ import torch
 from torch import Tensor, nn
 
 from bionas.trainer.config import TrainConfig
-from bionas.trainer.optimizers import fused_supported
+from bionas.trainer.optimizers import LazyRowsAdamW, fused_supported
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +100,36 @@ def apply_step_options(
     if options.compile:
         model.compile(backend=backend)
         log.info("forward compiled with torch.compile (%s); the first steps compile it", backend)
+
+
+def match_state_layouts(*optimizers: torch.optim.Optimizer | None) -> None:
+    """Lay each optimiser state tensor of its parameter's shape out like the parameter.
+
+    After a --resume whose channels_last differs from the checkpoint's (changed, or `auto`
+    resolved on another device type), load_state_dict casts the Adam moments' dtype and
+    device but keeps the checkpoint's memory layout; CUDA's fused Adam kernel refuses
+    parameters, gradients and states of different strides at the first step. Values are
+    unchanged: `empty_like` keeps the parameter's strides, `copy_` the state's values."""
+    for optimizer in _holding_state(optimizers):
+        for param, state in optimizer.state.items():
+            for name, value in list(state.items()):
+                if (
+                    isinstance(value, Tensor)
+                    and value.shape == param.shape
+                    and value.stride() != param.stride()
+                ):
+                    state[name] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+
+
+def _holding_state(
+    optimizers: Iterable[torch.optim.Optimizer | None],
+) -> Iterator[torch.optim.Optimizer]:
+    """The optimisers whose `state` holds the tensors: a LazyRowsAdamW's two parts."""
+    for optimizer in optimizers:
+        if isinstance(optimizer, LazyRowsAdamW):
+            yield from (optimizer.dense, optimizer.sparse)
+        elif optimizer is not None:
+            yield optimizer
 
 
 def _images_channels_last(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
