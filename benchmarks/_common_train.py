@@ -22,12 +22,8 @@ from bionas.trainer.cell import MixedOp, activation_dtype
 from bionas.trainer.config import Amp, TrainConfig
 from bionas.trainer.model import BioAutoMLNAS, ModelConfig, build_model
 from bionas.trainer.ops import OP_NAMES, ZERO
+from bionas.trainer.optimizers import Optimizers, build_optimizers
 from bionas.trainer.step import StepResult, train_step
-
-try:  # the optimiser set-up moved from loop.py to session.py; accept either
-    from bionas.trainer.session import Optimizers, build_optimizers
-except ImportError:  # pragma: no cover
-    from bionas.trainer.session import Optimizers, build_optimizers
 
 # Paper scale (SPEC §3, §6): 21 order classes; metadata fields dna_bin (324,411 values +
 # unknown) and class (10 + unknown), the default non-leaking fields for target `order`.

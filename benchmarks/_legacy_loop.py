@@ -26,7 +26,7 @@ from torch import Tensor
 from bionas.trainer.config import Amp, TrainConfig
 from bionas.trainer.logs import mean_alpha_entropy
 from bionas.trainer.model import BioAutoMLNAS
-from bionas.trainer.session import Optimizers
+from bionas.trainer.optimizers import Optimizers
 from bionas.trainer.step import task_loss
 
 

@@ -33,8 +33,8 @@ from reporting import machine, machine_line, uptime_line
 
 from bionas.trainer.config import TrainConfig
 from bionas.trainer.model import build_model
+from bionas.trainer.optimizers import build_optimizers
 from bionas.trainer.run import load_trained
-from bionas.trainer.session import build_optimizers
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -27,8 +27,7 @@ from torch import nn
 
 from bionas.trainer.config import Amp, TrainConfig
 from bionas.trainer.model import ModelConfig, build_model
-from bionas.trainer.optimizers import state_bytes
-from bionas.trainer.session import build_optimizers
+from bionas.trainer.optimizers import build_optimizers, state_bytes
 from bionas.trainer.step import train_step
 
 BINS = 324_000

@@ -36,7 +36,7 @@ from _common_train import StepSetup, build, median, step, synthetic_batch
 from reporting import format_table, machine_line
 
 from bionas.trainer.config import Amp, TrainConfig
-from bionas.trainer.session import build_optimizers
+from bionas.trainer.optimizers import build_optimizers
 from bionas.trainer.step_options import StepOptions, apply_step_options
 
 VARIANTS = {

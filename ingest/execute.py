@@ -32,7 +32,7 @@ from bionas.ingest.images import ImageReject, ImageSpec, process_image, read_ima
 from bionas.ingest.plan import REJECT_SCHEMA, Plan
 from bionas.ingest.profiles import ID, OFFICIAL_SPLIT, DatasetProfile
 from bionas.ingest.scan import BOX, FRAME, PATH, path_expression, path_parts
-from bionas.ingest.signals import exit_with_parent, stop_workers
+from bionas.ingest.signals import STOP_WAIT_SECONDS, exit_with_parent, stop_workers
 from bionas.ingest.transient import TransientReadError, raise_if_transient
 from bionas.safe_paths import real_root
 from bionas.shards.format import MAX_RECORD_BYTES, encode_record, shard_name
@@ -348,8 +348,15 @@ def _run_pool(
                 seen = now
         except BaseException:
             # an output error or an interrupt: shards in flight are abandoned, not awaited
+            manager = getattr(pool, "_executor_manager_thread", None)  # shutdown forgets it
             pool.shutdown(wait=False, cancel_futures=True)
             stop_workers()
+            # Let the pool's manager thread see its dead workers and close its wakeup pipe
+            # before the interpreter exits: CPython's exit hook (concurrent.futures
+            # `_python_exit`) otherwise races that close and prints an ignored "Bad file
+            # descriptor" traceback under the one-line error (seen under load, 3.11).
+            if manager is not None:
+                manager.join(STOP_WAIT_SECONDS)
             raise
     return int(counter.value)
 

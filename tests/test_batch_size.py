@@ -76,7 +76,7 @@ def tiny_model():
 
 def test_probe_runs_a_real_w_and_theta_step_and_restores_the_model():
     from bionas.trainer.config import Amp, TrainConfig
-    from bionas.trainer.session import build_optimizers
+    from bionas.trainer.optimizers import build_optimizers
     from bionas.trainer.step import train_step
 
     model = tiny_model()

@@ -17,7 +17,7 @@ from bionas.trainer.config import Amp, TrainConfig
 from bionas.trainer.logs import read_jsonl
 from bionas.trainer.loop import train
 from bionas.trainer.model import ModelConfig, build_model
-from bionas.trainer.session import build_optimizers
+from bionas.trainer.optimizers import build_optimizers
 from bionas.trainer.step import train_step
 from bionas.trainer.step_options import StepOptions, apply_step_options
 

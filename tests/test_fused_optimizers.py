@@ -11,8 +11,7 @@ import torch
 
 from bionas.trainer.config import Amp, TrainConfig
 from bionas.trainer.model import ModelConfig, build_model
-from bionas.trainer.optimizers import LazyRowsAdamW
-from bionas.trainer.session import build_optimizers
+from bionas.trainer.optimizers import LazyRowsAdamW, build_optimizers
 from bionas.trainer.step import train_step
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")

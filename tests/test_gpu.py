@@ -24,7 +24,7 @@ from bionas.trainer.batch_size import (
 )
 from bionas.trainer.config import TrainConfig, resolve_amp
 from bionas.trainer.model import ModelConfig, build_model
-from bionas.trainer.session import build_optimizers
+from bionas.trainer.optimizers import build_optimizers
 from bionas.trainer.step import train_step
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

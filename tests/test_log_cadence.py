@@ -22,7 +22,7 @@ from bionas.trainer import loop, step_guard
 from bionas.trainer.config import DEFAULT_LOG_EVERY, Amp, TrainConfig
 from bionas.trainer.logs import read_jsonl
 from bionas.trainer.model import ModelConfig, build_model
-from bionas.trainer.session import build_optimizers
+from bionas.trainer.optimizers import build_optimizers
 from bionas.trainer.step import restore_buffers, save_buffers, train_step
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")

@@ -24,8 +24,9 @@ from bionas.trainer.data import StreamPosition, train_spec
 from bionas.trainer.distributed import Dist
 from bionas.trainer.logs import read_jsonl
 from bionas.trainer.model import BioAutoMLNAS, ModelConfig, build_model
+from bionas.trainer.optimizers import build_optimizers
 from bionas.trainer.rebatch import fresh_scaler, rescale_progress
-from bionas.trainer.session import build_optimizers, start_session
+from bionas.trainer.session import start_session
 from bionas.trainer.step import StepOutOfMemory, train_step
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")

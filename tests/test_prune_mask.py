@@ -17,8 +17,8 @@ from bionas.trainer import loop, step_guard
 from bionas.trainer.config import Amp, TrainConfig
 from bionas.trainer.model import ModelConfig, build_model
 from bionas.trainer.ops import OP_NAMES
+from bionas.trainer.optimizers import Optimizers
 from bionas.trainer.run import load_trained
-from bionas.trainer.session import Optimizers
 from bionas.trainer.step import train_step
 
 TINY = ModelConfig(num_classes=3, channels=4, cells=2, embed_dim=8, dropout=0.0)

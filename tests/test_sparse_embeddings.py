@@ -16,8 +16,12 @@ from bionas.trainer.config import Amp, TrainConfig
 from bionas.trainer.logs import read_jsonl
 from bionas.trainer.loop import train
 from bionas.trainer.model import ModelConfig, build_model
-from bionas.trainer.optimizers import AUTO_SPARSE_ROWS, LazyRowsAdamW, sparse_fields
-from bionas.trainer.session import build_optimizers
+from bionas.trainer.optimizers import (
+    AUTO_SPARSE_ROWS,
+    LazyRowsAdamW,
+    build_optimizers,
+    sparse_fields,
+)
 from bionas.trainer.step import train_step
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")

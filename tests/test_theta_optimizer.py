@@ -8,7 +8,7 @@ import torch
 
 from bionas.trainer.config import Amp, TrainConfig
 from bionas.trainer.model import ModelConfig, build_model
-from bionas.trainer.session import build_optimizers
+from bionas.trainer.optimizers import build_optimizers
 
 CPU = Amp(False, torch.float32, "cpu")
 

@@ -13,7 +13,7 @@ from bionas.trainer.config import Amp, TrainConfig
 from bionas.trainer.logs import read_jsonl
 from bionas.trainer.loop import train
 from bionas.trainer.model import ModelConfig, build_model
-from bionas.trainer.session import build_optimizers
+from bionas.trainer.optimizers import build_optimizers
 from bionas.trainer.step import task_loss, train_step
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")

@@ -11,6 +11,9 @@ Scheme: double from 32 while the step fits (32, 64, 128, 256, 512); after the fi
 failure, binary-search the gap on multiples of 8. Given a monotone probe the result is the
 largest multiple of 8 that fits (or the largest power-of-two step when all fit, 512).
 At most 10 probes (5 doublings, then at most 5 halvings of a gap of 32 multiples).
+
+`pick_batch_size` is what a run's set-up calls: --batch-size N, 32 on CPU, or this search
+over real w + θ steps of the run's own model and optimisers on CUDA.
 """
 
 from __future__ import annotations
@@ -18,11 +21,15 @@ from __future__ import annotations
 import gc
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import torch
 from torch import nn
 
 from bionas.errors import BionasError
+from bionas.trainer.config import Amp, TrainConfig
+from bionas.trainer.encoding import Encoding
+from bionas.trainer.optimizers import build_optimizers
 
 log = logging.getLogger(__name__)
 
@@ -207,3 +214,46 @@ def choose_batch_size(
     if device.type != "cuda" or fits is None:
         return min(CPU_DEFAULT_BATCH, max(samples_per_rank, 1))
     return search_batch_size(fits, MIN_BATCH, max(1, min(MAX_BATCH, samples_per_rank)))
+
+
+def pick_batch_size(
+    config: TrainConfig,
+    model: nn.Module,
+    encoding: Encoding,
+    device: torch.device,
+    amp: Amp,
+    samples: int,
+    lazy_fields: tuple[str, ...] = (),
+) -> int:
+    """--batch-size N, or auto: the CUDA search over real w + θ steps, 32 on CPU."""
+    from bionas.trainer.step import train_step  # it imports this module
+
+    def probe_step(batch_size: int) -> None:
+        # loss scale 1: fp16 steps must not be skipped as overflowed, or the optimiser
+        # state (part of the memory a real step needs) would never be allocated
+        scaler = torch.amp.GradScaler("cuda", init_scale=1.0, enabled=amp.loss_scaling)
+        opts = build_optimizers(model, config, amp, lazy_fields=lazy_fields)
+        opts = replace(opts, w_scaler=scaler, theta_scaler=scaler)
+        size = config.image_size
+        images = torch.randn(batch_size, 3, size, size, device=device)
+        meta = torch.zeros(batch_size, len(encoding.meta_vocabs), dtype=torch.long, device=device)
+        labels = torch.randint(encoding.num_classes, (batch_size,), device=device)
+        for kind in ("w", "theta") if opts.theta is not None else ("w",):
+            train_step(model, images, meta, labels, kind, opts, amp)
+
+    fits, peaks, budget = None, {}, 0
+    if config.batch_size is None and device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        total = torch.cuda.get_device_properties(index).total_memory
+        budget = memory_budget(config.gpu_memory_gb, total)
+        fits = restoring_probe(model, probe_step, budget=budget, peaks=peaks, rng_devices=[index])
+    batch_size = choose_batch_size(config.batch_size, device, fits, samples)
+    if batch_size in peaks:
+        log.info(
+            "batch size %d: its w + θ step peaked at %.2f GiB of a %.2f GiB budget "
+            "(%.0f%% kept free)", batch_size, peaks[batch_size] / 2**30, budget / 2**30,
+            100 * MEMORY_MARGIN,
+        )  # fmt: skip
+    else:
+        log.info("batch size %d", batch_size)
+    return batch_size

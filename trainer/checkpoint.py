@@ -57,6 +57,9 @@ class TrainState:
     totals: dict[str, float] = field(default_factory=dict)  # running sums of this epoch
     main: StreamPosition = field(default_factory=StreamPosition)  # this epoch's stream
     arch: StreamPosition | None = None  # the persistent held-out stream of θ steps
+    # what `arch` had skipped over all ranks when the last epoch ended: its counts run over
+    # the whole run, so an epoch's `theta_skipped` is them less these (records.theta_skipped)
+    arch_skipped: dict[str, int] = field(default_factory=dict)
     events: list[dict[str, Any]] = field(default_factory=list)  # events.jsonl: batch size
 
     def to_dict(self) -> dict[str, Any]:
@@ -68,6 +71,7 @@ class TrainState:
             "totals": dict(self.totals),
             "main": self.main.to_dict(),
             "arch": None if self.arch is None else self.arch.to_dict(),
+            "arch_skipped": dict(self.arch_skipped),
             "events": self.events,
         }
 
@@ -82,6 +86,8 @@ class TrainState:
             totals=dict(data["totals"]),
             main=StreamPosition.from_dict(data["main"]),
             arch=None if arch is None else StreamPosition.from_dict(arch),
+            # none before theta_skipped: the next epoch reports all the stream had skipped
+            arch_skipped=dict(data.get("arch_skipped", {})),
             events=list(data.get("events", [])),  # none before events.jsonl
         )
 
@@ -204,6 +210,7 @@ def restore_checkpoint(
     state = TrainState.from_dict(payload["state"])
     if saved_world_size(payload) != world_size:
         state.arch = None  # the held-out stream's split changed with the ranks: restart it
+        state.arch_skipped = {}  # and its counts with it
         return state  # an epoch end (load_for_resume): the streams start afresh anyway
     if "ranks" in payload:
         mine = payload["ranks"][rank]

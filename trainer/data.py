@@ -193,13 +193,17 @@ class BatchStream(IterableDataset):
             seed=spec.seed,
             epoch=spec.epoch,
             passes=spec.passes,
-            # Resume: start at this worker's pass, skipping (not decoding) what it consumed
-            first_pass=state.pass_index,
-            skip=state.cursor,
+            first_pass=state.pass_index,  # resume: at this worker's pass
             shuffle_shards=spec.shuffle,
             shuffle_buffer=spec.shuffle_buffer if spec.shuffle else 0,
             stats=stats,
         )
+        # Resume: read again, not decoding, what this worker consumed in its pass. The
+        # reader counts its broken shards again; `state`'s counts are the stream's since it
+        # began (earlier passes, other epochs of a held-out θ stream): go on from those.
+        next(itertools.islice(raw, state.cursor, state.cursor), None)
+        stats.broken_shards, stats.incomplete_samples = state.broken_shards, state.incomplete
+        stats.lost_samples = state.lost_samples
         # A one-read stream (validation) reads one batch ahead, so that the batch that
         # ends the data carries the counts of what broke after its last sample (a shard
         # found short at its end when the samples filled the last batch exactly).

@@ -23,6 +23,7 @@ step, and the running statistics that evaluation uses come from w steps only.
 `--arch-data heldout`: θ steps read a fixed slice of whole train shards
 (`bionas.trainer.heldout`) through one persistent iterator, w steps read the other
 shards; an epoch is then one pass over the w shards with a θ step after each w step.
+What that stream skipped in the epoch is the epoch record's `theta_skipped`.
 
 Host syncs: a step's loss, correct count and gradient norm stay on the device. Every
 `--log-every` steps (and before a checkpoint, at the end of an epoch or of --max-steps) one
@@ -83,10 +84,17 @@ from bionas.trainer.logs import (
     progress_bar,
 )
 from bionas.trainer.model import BioAutoMLNAS
+from bionas.trainer.optimizers import Optimizers
 from bionas.trainer.rebatch import halve_batch
-from bionas.trainer.records import epoch_record, log_window, skipped_over_ranks, step_header
+from bionas.trainer.records import (
+    epoch_record,
+    log_window,
+    skipped_over_ranks,
+    step_header,
+    theta_skipped,
+)
 from bionas.trainer.run import CHECKPOINT, save_model
-from bionas.trainer.session import Optimizers, Session, start_session
+from bionas.trainer.session import Session, start_session
 from bionas.trainer.step import StepOutOfMemory, StepWindow, task_loss, to_device
 from bionas.trainer.step_guard import next_batch, try_step
 from bionas.trainer.tensorboard_log import TensorBoardLog
@@ -310,6 +318,8 @@ def end_epoch(
     model.train()
     alphas = model.alphas()
     record = epoch_record(state, searching, opts, val, skipped_over_ranks(state.main, dist))
+    if session.heldout:  # θ steps' own stream: what it skipped is counted apart
+        record["theta_skipped"] = theta_skipped(state, dist)
     record.update(collapse_monitors(alphas, model.pruned_op_count()))
     state.history.append(record)
     if dist.is_main:
@@ -318,12 +328,14 @@ def end_epoch(
             append_jsonl(
                 session.run_dir / ALPHAS_LOG, alpha_record(alphas, state.epoch + 1, state.step)
             )
-        for stream in ("skipped", "val_skipped"):
+        streams = {"skipped": "training", "theta_skipped": "θ stream", "val_skipped": "validation"}
+        for stream, what in streams.items():
             skipped = {k: v for k, v in record.get(stream, {}).items() if v}
             if skipped:
-                what = "validation" if stream == "val_skipped" else "training"
                 log.warning("epoch %d %s skipped samples: %s", state.epoch + 1, what, skipped)
     state.epoch, state.batch, state.totals, state.main = state.epoch + 1, 0, {}, StreamPosition()
+    for reason, n in record.get("theta_skipped", {}).items():  # the next epoch's baseline
+        state.arch_skipped[reason] = state.arch_skipped.get(reason, 0) + n
     release_cached_memory()  # the paper's between-epoch cache clearing + gc
     _checkpoint(session, model, opts, state)
     if dist.is_main:

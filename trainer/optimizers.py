@@ -33,13 +33,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from bionas.errors import BionasError
-from bionas.trainer.config import SPARSE_EMBEDDINGS
+from bionas.trainer.config import PAPER_LR_THETA, SPARSE_EMBEDDINGS, Amp, TrainConfig
+from bionas.trainer.distributed import SINGLE, Dist
+
+if TYPE_CHECKING:
+    from bionas.trainer.model import BioAutoMLNAS
 
 # Measured on CPU (BENCHMARKS): lazy rows win from ~1k rows on (the table's step 11x faster
 # at 16k rows, 39x at 64k, 540x at 324k), but below 2**16 rows the dense step is cheap (and
@@ -203,3 +208,60 @@ def state_bytes(optimizer: torch.optim.Optimizer) -> int:
         for t in per_param.values()
         if isinstance(t, torch.Tensor)
     )
+
+
+@dataclass
+class Optimizers:
+    w: torch.optim.Optimizer
+    theta: torch.optim.Optimizer | None  # None for a fixed genotype
+    w_scaler: torch.amp.GradScaler  # disabled unless fp16 autocast
+    theta_scaler: torch.amp.GradScaler
+
+    def stateful(self) -> dict[str, Any]:
+        return {
+            "w_optimizer": self.w,
+            "theta_optimizer": self.theta,
+            "w_scaler": self.w_scaler,
+            "theta_scaler": self.theta_scaler,
+        }
+
+
+def build_optimizers(
+    model: BioAutoMLNAS,
+    config: TrainConfig,
+    amp: Amp,
+    lr_theta: float | None = None,
+    lazy_fields: tuple[str, ...] | None = None,
+    fused: bool | None = None,
+) -> Optimizers:
+    """AdamW on w (SparseAdam on lazily-updated embedding tables: `trainer.optimizers`);
+    Adam (coupled L2, the paper's) or AdamW on θ with DARTS' betas (0.5, 0.999) by default
+    (the paper gives none); one loss scaler each. `lr_theta`: θ's rate as resolved for the
+    run (default: the config's, or the paper's for `auto`); `lazy_fields`: the tables
+    updated lazily (default: `--sparse-embeddings` resolved on one process); `fused`:
+    fused Adam/AdamW (default: wherever the parameters' device has them)."""
+    if lazy_fields is None:
+        lazy_fields = lazy_fields_for(config, model, SINGLE)
+    if fused is None:
+        fused = fused_supported(model.parameters())
+    w = build_w_optimizer(model, config.lr_w, config.weight_decay_w, lazy_fields, fused=fused)
+    theta = None
+    if model.arch_parameters():
+        kind = torch.optim.Adam if config.theta_optimizer == "adam" else torch.optim.AdamW
+        theta = adam(
+            kind,
+            model.arch_parameters(),
+            fused,
+            lr=lr_theta or config.lr_theta or PAPER_LR_THETA,
+            betas=config.theta_betas,
+            weight_decay=config.weight_decay_theta,
+        )
+    scalers = [torch.amp.GradScaler("cuda", enabled=amp.loss_scaling) for _ in range(2)]
+    return Optimizers(w, theta, *scalers)
+
+
+def lazy_fields_for(config: TrainConfig, model: BioAutoMLNAS, dist: Dist) -> tuple[str, ...]:
+    """`--sparse-embeddings` resolved for the model's tables (dense under DDP)."""
+    encoder = model.metadata_encoder
+    sizes = encoder.vocab_sizes() if encoder is not None else {}
+    return sparse_fields(config.sparse_embeddings, sizes, distributed=dist.enabled)

@@ -49,7 +49,8 @@ from bionas.trainer.run import update_run_config
 
 if TYPE_CHECKING:  # the session imports this module
     from bionas.trainer.model import BioAutoMLNAS
-    from bionas.trainer.session import Optimizers, Session
+    from bionas.trainer.optimizers import Optimizers
+    from bionas.trainer.session import Session
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,8 @@ from bionas.trainer.checkpoint import TrainState
 from bionas.trainer.data import SKIP_REASONS, StreamPosition
 from bionas.trainer.distributed import Dist
 from bionas.trainer.logs import STEPS_LOG, append_jsonl
-from bionas.trainer.session import Optimizers, Session
+from bionas.trainer.optimizers import Optimizers
+from bionas.trainer.session import Session
 from bionas.trainer.step import StepValues, StepWindow
 
 
@@ -73,6 +74,14 @@ def skipped_over_ranks(position: StreamPosition, dist: Dist) -> dict[str, int]:
     reasons = list(SKIP_REASONS)  # the same on all ranks
     totals = dist.sum([skipped.get(k, 0) for k in reasons])
     return {k: int(v) for k, v in zip(reasons, totals, strict=True)}
+
+
+def theta_skipped(state: TrainState, dist: Dist) -> dict[str, int]:
+    """What the held-out θ stream (`--arch-data heldout`) skipped this epoch, by reason, over
+    all ranks. One stream runs across epochs and passes and its counts with it, so this is
+    them less their value at the last epoch's end (`TrainState.arch_skipped`)."""
+    ran = skipped_over_ranks(state.arch or StreamPosition(), dist)
+    return {k: ran.get(k, 0) - state.arch_skipped.get(k, 0) for k in SKIP_REASONS}
 
 
 def epoch_record(

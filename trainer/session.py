@@ -27,13 +27,7 @@ from bionas.errors import BionasError
 from bionas.manifests.manifest import Manifest, load_manifest
 from bionas.trainer.backbones import load_backbone_weights
 from bionas.trainer.batch_decode import resolve_decode
-from bionas.trainer.batch_size import (
-    MEMORY_MARGIN,
-    cap_gpu_memory,
-    choose_batch_size,
-    memory_budget,
-    restoring_probe,
-)
+from bionas.trainer.batch_size import cap_gpu_memory, pick_batch_size
 from bionas.trainer.checkpoint import (
     TrainState,
     check_architecture,
@@ -58,12 +52,7 @@ from bionas.trainer.heldout import HeldOutShards, split_heldout
 from bionas.trainer.leakage import dataset_taxonomy, resolve_meta_fields
 from bionas.trainer.logs import EVENTS_LOG, start_logs, trim_logs
 from bionas.trainer.model import BioAutoMLNAS, ModelConfig, build_model
-from bionas.trainer.optimizers import (
-    adam,
-    build_w_optimizer,
-    fused_supported,
-    sparse_fields,
-)
+from bionas.trainer.optimizers import Optimizers, build_optimizers, lazy_fields_for
 from bionas.trainer.rebatch import change_batch_size
 from bionas.trainer.run import (
     CHECKPOINT,
@@ -110,63 +99,6 @@ class Session:
         return self.config.run_dir
 
 
-@dataclass
-class Optimizers:
-    w: torch.optim.Optimizer
-    theta: torch.optim.Optimizer | None  # None for a fixed genotype
-    w_scaler: torch.amp.GradScaler  # disabled unless fp16 autocast
-    theta_scaler: torch.amp.GradScaler
-
-    def stateful(self) -> dict[str, Any]:
-        return {
-            "w_optimizer": self.w,
-            "theta_optimizer": self.theta,
-            "w_scaler": self.w_scaler,
-            "theta_scaler": self.theta_scaler,
-        }
-
-
-def build_optimizers(
-    model: BioAutoMLNAS,
-    config: TrainConfig,
-    amp: Amp,
-    lr_theta: float | None = None,
-    lazy_fields: tuple[str, ...] | None = None,
-    fused: bool | None = None,
-) -> Optimizers:
-    """AdamW on w (SparseAdam on lazily-updated embedding tables: `trainer.optimizers`);
-    Adam (coupled L2, the paper's) or AdamW on θ with DARTS' betas (0.5, 0.999) by default
-    (the paper gives none); one loss scaler each. `lr_theta`: θ's rate as resolved for the
-    run (default: the config's, or the paper's for `auto`); `lazy_fields`: the tables
-    updated lazily (default: `--sparse-embeddings` resolved on one process); `fused`:
-    fused Adam/AdamW (default: wherever the parameters' device has them)."""
-    if lazy_fields is None:
-        lazy_fields = lazy_fields_for(config, model, SINGLE)
-    if fused is None:
-        fused = fused_supported(model.parameters())
-    w = build_w_optimizer(model, config.lr_w, config.weight_decay_w, lazy_fields, fused=fused)
-    theta = None
-    if model.arch_parameters():
-        kind = torch.optim.Adam if config.theta_optimizer == "adam" else torch.optim.AdamW
-        theta = adam(
-            kind,
-            model.arch_parameters(),
-            fused,
-            lr=lr_theta or config.lr_theta or PAPER_LR_THETA,
-            betas=config.theta_betas,
-            weight_decay=config.weight_decay_theta,
-        )
-    scalers = [torch.amp.GradScaler("cuda", enabled=amp.loss_scaling) for _ in range(2)]
-    return Optimizers(w, theta, *scalers)
-
-
-def lazy_fields_for(config: TrainConfig, model: BioAutoMLNAS, dist: Dist) -> tuple[str, ...]:
-    """`--sparse-embeddings` resolved for the model's tables (dense under DDP)."""
-    encoder = model.metadata_encoder
-    sizes = encoder.vocab_sizes() if encoder is not None else {}
-    return sparse_fields(config.sparse_embeddings, sizes, distributed=dist.enabled)
-
-
 def start_session(
     config: TrainConfig, dist: Dist = SINGLE
 ) -> tuple[Session, BioAutoMLNAS, nn.Module, Optimizers, TrainState]:
@@ -211,7 +143,7 @@ def start_session(
         batch_size = config.batch_size or int(payload["batch_size"])
     else:
         per_rank = samples // dist.world_size
-        picked = _pick_batch_size(config, model, encoding, device, amp, per_rank, lazy)
+        picked = pick_batch_size(config, model, encoding, device, amp, per_rank, lazy)
         batch_size = dist.min(picked)
     has_val = config.val_split in manifest.splits
     lr_theta = _resolve_lr_theta(config, model, heldout, samples, batch_size, dist.world_size)
@@ -399,49 +331,6 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # seeds CUDA too
-
-
-def _pick_batch_size(
-    config: TrainConfig,
-    model: BioAutoMLNAS,
-    encoding: Encoding,
-    device: torch.device,
-    amp: Amp,
-    samples: int,
-    lazy_fields: tuple[str, ...] = (),
-) -> int:
-    """--batch-size N, or auto: the CUDA search over real w + θ steps, 32 on CPU."""
-    from bionas.trainer.step import train_step  # it imports this module
-
-    def probe_step(batch_size: int) -> None:
-        # loss scale 1: fp16 steps must not be skipped as overflowed, or the optimiser
-        # state (part of the memory a real step needs) would never be allocated
-        scaler = torch.amp.GradScaler("cuda", init_scale=1.0, enabled=amp.loss_scaling)
-        opts = build_optimizers(model, config, amp, lazy_fields=lazy_fields)
-        opts = replace(opts, w_scaler=scaler, theta_scaler=scaler)
-        size = config.image_size
-        images = torch.randn(batch_size, 3, size, size, device=device)
-        meta = torch.zeros(batch_size, len(encoding.meta_vocabs), dtype=torch.long, device=device)
-        labels = torch.randint(encoding.num_classes, (batch_size,), device=device)
-        for kind in ("w", "theta") if opts.theta is not None else ("w",):
-            train_step(model, images, meta, labels, kind, opts, amp)
-
-    fits, peaks, budget = None, {}, 0
-    if config.batch_size is None and device.type == "cuda":
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        total = torch.cuda.get_device_properties(index).total_memory
-        budget = memory_budget(config.gpu_memory_gb, total)
-        fits = restoring_probe(model, probe_step, budget=budget, peaks=peaks, rng_devices=[index])
-    batch_size = choose_batch_size(config.batch_size, device, fits, samples)
-    if batch_size in peaks:
-        log.info(
-            "batch size %d: its w + θ step peaked at %.2f GiB of a %.2f GiB budget "
-            "(%.0f%% kept free)", batch_size, peaks[batch_size] / 2**30, budget / 2**30,
-            100 * MEMORY_MARGIN,
-        )  # fmt: skip
-    else:
-        log.info("batch size %d", batch_size)
-    return batch_size
 
 
 def build_backbone_checked(cfg: ModelConfig, config: TrainConfig) -> BioAutoMLNAS:

@@ -25,7 +25,7 @@ from bionas.trainer.batch_size import is_out_of_memory
 from bionas.trainer.config import Amp
 from bionas.trainer.data import Batch
 from bionas.trainer.distributed import Dist
-from bionas.trainer.session import Optimizers
+from bionas.trainer.optimizers import Optimizers
 from bionas.trainer.transforms import normalize_images
 
 

@@ -20,8 +20,9 @@ from torch import Tensor, nn
 from bionas.trainer.batch_size import is_out_of_memory
 from bionas.trainer.data import Batch
 from bionas.trainer.model import BioAutoMLNAS
+from bionas.trainer.optimizers import Optimizers
 from bionas.trainer.rebatch import resume_smaller
-from bionas.trainer.session import Optimizers, Session
+from bionas.trainer.session import Session
 from bionas.trainer.step import StepOutOfMemory, StepResult, to_device, train_step
 
 

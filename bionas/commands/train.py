@@ -509,6 +509,8 @@ def epoch_line(record: dict, epochs: int) -> str:
         )
     if "skipped" in record:
         parts.append(skipped_text(record["skipped"]))
+    if any((record.get("theta_skipped") or {}).values()):
+        parts.append("θ: " + skipped_text(record["theta_skipped"]))
     if any((record.get("val_skipped") or {}).values()):
         parts.append("val: " + skipped_text(record["val_skipped"]))
     return "  ".join(parts)

@@ -47,6 +47,7 @@ from bionas.trainer.genotype import render
 from bionas.trainer.logs import STEPS_LOG, append_jsonl, read_jsonl, rewrite_jsonl
 from bionas.trainer.model import BioAutoMLNAS
 from bionas.trainer.ops import OP_NAMES, OP_SETS
+from bionas.trainer.optimizers import Optimizers
 from bionas.trainer.run import save_model
 from bionas.trainer.search.scoring import Score, score_batches, score_path
 from bionas.trainer.search.space import (
@@ -57,7 +58,7 @@ from bionas.trainer.search.space import (
     sample_uniform,
     to_json,
 )
-from bionas.trainer.session import Optimizers, Session, start_session
+from bionas.trainer.session import Session, start_session
 from bionas.trainer.tensorboard_log import TensorBoardLog
 
 log = logging.getLogger(__name__)
