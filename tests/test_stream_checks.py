@@ -23,7 +23,7 @@ from bionas.manifests.verify import verify_dataset
 from bionas.shards.format import decode_record, encode_record
 from bionas.shards.reader import CorruptDataError, ReadStats, Slot, read_samples
 from bionas.shards.writer import Sample, write_shard
-from bionas.trainer.data import BatchStream, StreamSpec, check_shards_exist
+from bionas.trainer.data import BatchStream, StreamPosition, StreamSpec, check_shards_exist
 from bionas.trainer.encoding import load_encoding
 from bionas.trainer.split_predictions import SplitStream
 
@@ -319,3 +319,28 @@ def test_train_reports_what_the_validation_stream_skipped_with_the_epoch(dataset
     assert epoch["val_skipped"]["broken_shards"] == 1 and epoch["val_skipped"]["lost_samples"]
     line = next(ln for ln in result.output.splitlines() if ln.startswith("epoch 1/1"))
     assert "val: broken shards 1 (~" in line
+
+
+def test_a_shard_that_breaks_before_a_resume_in_the_replayed_part_is_counted_once(tmp_path):
+    """The resumed stream replays its pass up to where it stopped: a shard already read
+    whole that is broken now (rewritten, or a read error during the replay) sends the
+    replay into later shards, whose samples this pass then does not give; the skip counts
+    must say so, as a first read would (found by review: they kept the saved counts)."""
+    manifest = load_manifest(
+        make_tiny_dataset(tmp_path / "ds", n=48, shards_per_split=4, image_size=16)
+    )
+    encoding = load_encoding(manifest, "order", ())
+    spec = StreamSpec(shards=tuple(check_shards_exist(manifest, "train")), batch_size=4,
+                      image_size=16, num_batches=8, passes=None, shuffle=False,
+                      shuffle_buffer=0)  # fmt: skip
+    stream, position = iter(BatchStream(spec, encoding)), StreamPosition()
+    for _ in range(4):  # the first shard whole (12 samples) and 4 of the second
+        position.advance(next(stream))
+    assert position.skipped()["broken_shards"] == 0
+    flip_header_bit(manifest.shard_paths("train")[0], member=8)  # now gives 4 of its 12
+
+    resumed = StreamPosition.from_dict(position.to_dict())
+    for batch in BatchStream(spec, encoding, resumed):
+        resumed.advance(batch)
+    skipped = resumed.skipped()
+    assert (skipped["broken_shards"], skipped["lost_samples"]) == (1, 8)

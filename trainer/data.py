@@ -63,14 +63,20 @@ class WorkerState:
     broken_shards: int = 0  # unreadable, or not what manifest.json says (`ShardRef`)
     incomplete: int = 0  # samples missing a member
     lost_samples: int = 0  # broken shards' manifest counts less the samples they gave
+    # the reader's (broken_shards, incomplete, lost_samples) when this pass began: a resume
+    # replays the pass from there, so what the replay finds is counted once, also a shard
+    # that broke since the interruption
+    pass_base: tuple[int, int, int] = (0, 0, 0)
 
-    def to_dict(self) -> dict[str, int]:
-        return dict(vars(self))
+    def to_dict(self) -> dict[str, Any]:
+        return {**vars(self), "pass_base": list(self.pass_base)}
 
-    def consume(self, sample: RawSample) -> None:
-        """Count one raw sample; a sample of a new pass starts that pass's count."""
+    def consume(self, sample: RawSample, stats: ReadStats) -> None:
+        """Count one raw sample; a sample of a new pass starts that pass's count (the
+        reader has checked every shard of the pass before: its counts are the base)."""
         if sample.pass_index != self.pass_index:
             self.pass_index, self.cursor = sample.pass_index, 0
+            self.pass_base = (stats.broken_shards, stats.incomplete_samples, stats.lost_samples)
         self.cursor += 1
 
 
@@ -106,7 +112,10 @@ class StreamPosition:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> StreamPosition:
-        workers = {int(w): WorkerState(**s) for w, s in data["workers"].items()}
+        workers = {
+            int(w): WorkerState(**{**s, "pass_base": tuple(s.get("pass_base", (0, 0, 0)))})
+            for w, s in data["workers"].items()
+        }
         return cls(int(data["batches"]), workers)
 
 
@@ -198,12 +207,12 @@ class BatchStream(IterableDataset):
             shuffle_buffer=spec.shuffle_buffer if spec.shuffle else 0,
             stats=stats,
         )
-        # Resume: read again, not decoding, what this worker consumed in its pass. The
-        # reader counts its broken shards again; `state`'s counts are the stream's since it
-        # began (earlier passes, other epochs of a held-out θ stream): go on from those.
+        # Resume: read again, not decoding, what this worker consumed in its pass, counting
+        # on from the counts the pass began with (earlier passes, other epochs of a
+        # held-out θ stream): unchanged shards give the saved counts again, and a shard that
+        # broke since the interruption is counted, as a first read would count it.
+        stats.broken_shards, stats.incomplete_samples, stats.lost_samples = state.pass_base
         next(itertools.islice(raw, state.cursor, state.cursor), None)
-        stats.broken_shards, stats.incomplete_samples = state.broken_shards, state.incomplete
-        stats.lost_samples = state.lost_samples
         # A one-read stream (validation) reads one batch ahead, so that the batch that
         # ends the data carries the counts of what broke after its last sample (a shard
         # found short at its end when the samples filled the last batch exactly).
@@ -212,21 +221,23 @@ class BatchStream(IterableDataset):
         for index in itertools.count(done):
             if todo is not None and index - done >= todo:
                 return
-            items = self._collect(raw, state) if ahead is None else ahead
+            items = self._collect(raw, state, stats) if ahead is None else ahead
             if not items:
                 return
             full = len(items) == spec.batch_size
-            ahead = self._collect(raw, state) if read_ahead and full else None
+            ahead = self._collect(raw, state, stats) if read_ahead and full else None
             state.broken_shards, state.incomplete = stats.broken_shards, stats.incomplete_samples
             state.lost_samples = stats.lost_samples
             yield self._batch(items, logical, index, replace(state))
             if not full:
                 return
 
-    def _collect(self, raw: Iterator[RawSample], state: WorkerState) -> list[tuple]:
+    def _collect(
+        self, raw: Iterator[RawSample], state: WorkerState, stats: ReadStats
+    ) -> list[tuple]:
         items = []
         for sample in raw:
-            state.consume(sample)
+            state.consume(sample, stats)
             try:
                 record = decode_record(sample.json)
                 label = self.encoding.label(record)
