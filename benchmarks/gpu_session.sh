@@ -29,7 +29,7 @@ step 2-test_gpu 130 python3 -m pytest -q -rA -s -p no:cacheprovider ../tests/tes
     -k "test_gpu.py or cuda or nvjpeg"
 step 3-loop_b64 60 python3 bench_gpu_loop.py --batches 64 --variants legacy,bionas,channels-last
 step 4-loop_auto 100 python3 bench_gpu_loop.py --batches auto --variants legacy,bionas --pairs 20
-step 5-loop_compile 110 python3 bench_gpu_loop.py --batches 64 --variants bionas,compile
-step 6-bench_e2e 110 python3 bench_e2e_gpu.py --n 5000 --shard-size 100 --epochs 3
+step 5-loop_compile 100 python3 bench_gpu_loop.py --batches 64 --variants bionas,compile
+step 6-bench_e2e 100 python3 bench_e2e_gpu.py --n 5000 --shard-size 100 --epochs 3
 step 7-log_cadence 25 python3 bench_log_cadence.py --device cuda --image-size 224 --batch-size 64
 step 8-bench_decode 30 python3 bench_decode.py --device cuda
