@@ -32,6 +32,7 @@ from bench_gpu_loop import Loop, amp_for, time_loop
 from reporting import machine, machine_line, uptime_line
 
 from bionas.trainer.config import TrainConfig
+from bionas.trainer.logs import read_jsonl
 from bionas.trainer.model import build_model
 from bionas.trainer.optimizers import build_optimizers
 from bionas.trainer.run import load_trained
@@ -83,10 +84,6 @@ def compute_only(run_dir: Path, device: torch.device, batch_size: int, pairs: in
     return time_loop(loop, warmup=3, pairs=pairs, log_every=config.log_every)
 
 
-def epoch_rates(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "epochs.jsonl").read_text().splitlines()]
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     cuda = torch.cuda.is_available() and not args.smoke_cpu
@@ -121,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     seconds["evaluate"] = bionas("evaluate", str(run), "--device", device.type,
                                  "--workers", str(args.workers))  # fmt: skip
     compute = compute_only(run, device, args.batch_size, args.pairs)
-    epochs = epoch_rates(run)
+    epochs = read_jsonl(run / "epochs.jsonl")
     steady = [e["img_per_s"] for e in epochs[1:]] or [epochs[0]["img_per_s"]]
     steady_rate = sum(steady) / len(steady)
     first = epochs[0]

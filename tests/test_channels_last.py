@@ -7,7 +7,8 @@ from dataclasses import replace
 import pytest
 import torch
 from datasets import make_tiny_dataset  # tests/datasets.py
-from test_compile_step import assert_same_training, batches, run_steps, supernet
+from test_compile_step import assert_same_training, run_steps
+from tiny_supernet import batches, supernet  # tests/tiny_supernet.py
 
 from bionas.trainer import loop
 from bionas.trainer.config import TrainConfig

@@ -11,12 +11,12 @@ import json
 import pytest
 import torch
 from datasets import make_tiny_dataset  # tests/datasets.py
+from tiny_supernet import batches, supernet  # tests/tiny_supernet.py
 
 from bionas.trainer import step_options
 from bionas.trainer.config import Amp, TrainConfig
 from bionas.trainer.logs import read_jsonl
 from bionas.trainer.loop import train
-from bionas.trainer.model import ModelConfig, build_model
 from bionas.trainer.optimizers import build_optimizers
 from bionas.trainer.step import train_step
 from bionas.trainer.step_options import StepOptions, apply_step_options
@@ -32,23 +32,6 @@ def fresh_dynamo():
     torch._dynamo.reset()
     yield
     torch._dynamo.reset()
-
-
-def supernet():
-    torch.manual_seed(0)
-    # no dropout: inductor draws its own random numbers, not eager's
-    cfg = ModelConfig(num_classes=3, meta_cardinalities=(("dna_bin", 40), ("class", 3)),
-                      channels=4, cells=1, embed_dim=16, meta_embed_dim=4, dropout=0.0)  # fmt: skip
-    return build_model(cfg)
-
-
-def batches(n: int, size: int = 4):
-    g = torch.Generator().manual_seed(1)
-    return [
-        (torch.randn(size, 3, 16, 16, generator=g), torch.randint(0, 3, (size, 2), generator=g),
-         torch.randint(0, 3, (size,), generator=g))
-        for _ in range(n)
-    ]  # fmt: skip
 
 
 def run_steps(options: StepOptions, steps, backend: str = "aot_eager"):

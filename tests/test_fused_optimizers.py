@@ -8,9 +8,9 @@ from dataclasses import replace
 
 import pytest
 import torch
+from tiny_supernet import batches, supernet  # tests/tiny_supernet.py
 
 from bionas.trainer.config import Amp, TrainConfig
-from bionas.trainer.model import ModelConfig, build_model
 from bionas.trainer.optimizers import LazyRowsAdamW, build_optimizers
 from bionas.trainer.step import train_step
 
@@ -19,22 +19,6 @@ pytestmark = pytest.mark.usefixtures("torch_single_thread")
 FP32 = Amp(False, torch.float32, "cpu")
 CONFIG = TrainConfig(dataset_dir=".", run_dir=".")
 LAZY = replace(CONFIG, sparse_embeddings="on")  # the w optimiser is a LazyRowsAdamW
-
-
-def supernet():
-    torch.manual_seed(0)
-    cfg = ModelConfig(num_classes=3, meta_cardinalities=(("dna_bin", 40), ("class", 3)),
-                      channels=4, cells=1, embed_dim=16, meta_embed_dim=4, dropout=0.0)  # fmt: skip
-    return build_model(cfg)
-
-
-def batches(n: int, size: int = 4):
-    g = torch.Generator().manual_seed(1)
-    return [
-        (torch.randn(size, 3, 16, 16, generator=g), torch.randint(0, 3, (size, 2), generator=g),
-         torch.randint(0, 3, (size,), generator=g))
-        for _ in range(n)
-    ]  # fmt: skip
 
 
 def train(model, opts, steps):

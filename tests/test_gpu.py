@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
@@ -23,6 +24,7 @@ from bionas.trainer.batch_size import (
     search_batch_size,
 )
 from bionas.trainer.config import TrainConfig, resolve_amp
+from bionas.trainer.logs import read_jsonl
 from bionas.trainer.model import ModelConfig, build_model
 from bionas.trainer.optimizers import build_optimizers
 from bionas.trainer.step import train_step
@@ -87,7 +89,6 @@ def test_cuda_default_is_fp16_autocast_with_one_loss_scaler_per_optimiser(uncapp
 
 
 def test_bf16_autocast_needs_no_loss_scaling(uncapped):
-    from dataclasses import replace
 
     amp = resolve_amp(replace(CONFIG, amp_dtype="bf16"), CUDA)
     assert amp.dtype == torch.bfloat16 and not amp.loss_scaling
@@ -260,25 +261,17 @@ def test_a_real_out_of_memory_mid_training_halves_the_batch_and_finishes(
     peaks = {}
     for size in (64, 128):
         torch.cuda.reset_peak_memory_stats()
-        train(replace_config(base, batch_size=size, run_dir=tmp_path / f"probe{size}"))
+        train(replace(base, batch_size=size, run_dir=tmp_path / f"probe{size}"))
         peaks[size] = torch.cuda.max_memory_allocated()
         release_cached_memory()
     assert peaks[64] < peaks[128], peaks
     cap = (peaks[64] + peaks[128]) / 2 / 2**30
-    config = replace_config(base, batch_size=128, gpu_memory_gb=cap, max_steps=None,
+    config = replace(base, batch_size=128, gpu_memory_gb=cap, max_steps=None,
                             run_dir=tmp_path / "run")  # fmt: skip
     (epoch,) = train(config)
-    events = [
-        json.loads(line) for line in (config.run_dir / "events.jsonl").read_text().splitlines()
-    ]
+    events = read_jsonl(config.run_dir / "events.jsonl")
     assert events and events[0]["reason"] == "out_of_memory", events
     assert (events[0]["from"], events[-1]["to"]) == (128, 64), events
-    steps = [json.loads(line) for line in (config.run_dir / "steps.jsonl").read_text().splitlines()]
+    steps = read_jsonl(config.run_dir / "steps.jsonl")
     assert all(s["samples"] == 64 for s in steps), steps
     print(f"peaks {peaks}, cap {cap:.3f} GiB: {events}")
-
-
-def replace_config(config, **changes):
-    from dataclasses import replace
-
-    return replace(config, **changes)
