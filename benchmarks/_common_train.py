@@ -186,5 +186,11 @@ def step(
     return time.perf_counter() - start, result
 
 
+def sync(device: torch.device) -> None:
+    """Wait for `device`'s queued work (a no-op on CPU, where the host is the device)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")

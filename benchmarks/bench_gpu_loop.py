@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common_train import StepSetup, build, synthetic_batch
+from _common_train import StepSetup, build, sync, synthetic_batch
 from _legacy_loop import legacy_optimizers, legacy_step
 from reporting import format_table, machine, machine_line, uptime_line
 
@@ -85,11 +85,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.pairs = args.pairs or (3 if args.smoke_cpu else 50)
     args.warmup = args.warmup if args.warmup is not None else (1 if args.smoke_cpu else 5)
     return args
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def amp_for(device: torch.device) -> Amp:

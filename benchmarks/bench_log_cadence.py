@@ -33,7 +33,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from _common_train import StepSetup, build, synthetic_batch
+from _common_train import StepSetup, build, sync, synthetic_batch
 from reporting import format_table, machine_line
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -41,11 +41,6 @@ from bionas.trainer.config import Amp
 from bionas.trainer.distributed import SINGLE
 from bionas.trainer.logs import append_jsonl, mean_alpha_entropy
 from bionas.trainer.step import StepWindow, restore_buffers, save_buffers, train_step
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def run_steps(model, opts, batch, amp, pairs: int, every: int | None, log: Path) -> float:
